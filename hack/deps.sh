@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what Basalt's build, tests and demo need on a fresh Debian 12 machine (run as root), and
+# downloads the Go modules. Safe to run again: packages already present are skipped.
+set -euo pipefail
+
+packages=(
+  # reference readers the tests check our formats with
+  gdisk fdisk e2fsprogs cryptsetup-bin mtools dosfstools binutils xz-utils zstd cpio tar
+  sbsigntool osslsigncode openssl
+  # systemd-boot, the UKI stub and systemd-measure (PCR 11 prediction peer)
+  systemd systemd-boot-efi
+  # the boot chain under QEMU
+  qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools busybox-static
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "hack/deps.sh: installing ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cd "$(dirname "$0")/.."
+go mod download

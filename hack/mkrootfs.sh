@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Makes a small demo root filesystem in DIR from Debian packages already on this machine (busybox-static,
+# systemd-boot-efi) and an unpacked Debian kernel (hack/kernel.sh). Usage: hack/mkrootfs.sh DIR
+set -euo pipefail
+dir=${1:?usage: hack/mkrootfs.sh DIR}
+here=$(cd "$(dirname "$0")" && pwd)
+kdir=$(bash "$here/kernel.sh")
+
+need() { [ -e "$1" ] || { echo "hack/mkrootfs.sh: $1 missing: apt-get install $2" >&2; exit 1; }; }
+need /bin/busybox busybox-static
+need /usr/lib/systemd/boot/efi/systemd-bootx64.efi systemd-boot-efi
+need /usr/lib/systemd/boot/efi/linuxx64.efi.stub systemd-boot-efi
+
+rm -rf "$dir"
+mkdir -p "$dir"/{bin,sbin,etc,boot,dev,proc,sys,run,tmp,var,efi,usr/bin,usr/lib/systemd/boot/efi,usr/share/basalt}
+chmod 1777 "$dir/tmp"
+cp /bin/busybox "$dir/bin/busybox"
+for a in sh ls cat echo mount umount sleep poweroff reboot; do ln -s busybox "$dir/bin/$a"; done
+cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi /usr/lib/systemd/boot/efi/linuxx64.efi.stub "$dir/usr/lib/systemd/boot/efi/"
+cp "$kdir"/boot/vmlinuz-* "$dir/boot/"
+rel=$(basename "$kdir"/boot/vmlinuz-* | sed 's/^vmlinuz-//')
+# The modules an initrd needs to find, verify and mount the root (virtio disk, dm-verity, ext4, vfat).
+mkdir -p "$dir/lib/modules/$rel"
+(cd "$kdir/lib/modules/$rel" && find kernel \( -name 'virtio*.ko' -o -name 'dm-*.ko' -o -name 'ext4.ko' \
+   -o -name 'jbd2.ko' -o -name 'mbcache.ko' -o -name 'crc16.ko' -o -name 'reed_solomon.ko' -o -name 'vfat.ko' \
+   -o -name 'fat.ko' -o -name 'overlay.ko' -o -name 'i6300esb.ko' \) -print0 | cpio -0pdm --quiet "$dir/lib/modules/$rel")
+cat > "$dir/etc/os-release" <<OS
+NAME="Basalt Demo"
+ID=basalt-demo
+PRETTY_NAME="Basalt Demo"
+VERSION_ID=1
+OS
+echo "$dir"

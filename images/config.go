@@ -1,0 +1,293 @@
+package images
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is an image definition: what goes into one OS image. It is read from YAML with unknown keys
+// refused. Host paths in it are relative to the config file's folder; paths that name files inside the
+// root filesystem are absolute ("/usr/lib/...").
+type Config struct {
+	// Name of the OS image, e.g. "basalt-demo": lowercase letters, digits and '-'.
+	Name string `yaml:"name"`
+	// Version of this build (semver, no leading v, no build metadata).
+	Version string `yaml:"version"`
+	// Arch is the CPU architecture: x86_64 (default) or aarch64.
+	Arch string `yaml:"arch"`
+	// Compatible lists hardware tags a device must carry to install this image (empty: any).
+	Compatible []string `yaml:"compatible"`
+	Rootfs     Rootfs   `yaml:"rootfs"`
+	Kernel     Kernel   `yaml:"kernel"`
+	Initrd     Initrd   `yaml:"initrd"`
+	Boot       Boot     `yaml:"boot"`
+	Disk       Disk     `yaml:"disk"`
+	Payload    Payload  `yaml:"payload"`
+	Trust      Trust    `yaml:"trust"`
+
+	// Dir is the folder of the config file; relative host paths resolve against it. Not read from YAML.
+	Dir string `yaml:"-"`
+	// Source is the config file's path, for error messages. Not read from YAML.
+	Source string `yaml:"-"`
+}
+
+// Rootfs names the root filesystem: exactly one of Dir, Tar and OCI.
+type Rootfs struct {
+	Dir string `yaml:"dir"` // a folder on the build host
+	Tar string `yaml:"tar"` // a tarball: plain, gzip, xz or zstd
+	OCI string `yaml:"oci"` // an OCI layout folder, a docker-archive tarball or a registry reference
+}
+
+// Kernel says which kernel of the rootfs to boot and how.
+type Kernel struct {
+	// Path of the kernel image inside the rootfs; default: the only /boot/vmlinuz-* there.
+	Path string `yaml:"path"`
+	// Cmdline is appended to the command line the builder writes (roothash=, basalt.version=).
+	Cmdline string `yaml:"cmdline"`
+}
+
+// Initrd lists what the builder copies from the rootfs into the initrd.
+type Initrd struct {
+	Files []InitrdFile `yaml:"files"`
+	// Modules are kernel module names loaded by the initrd (their dependencies are added).
+	Modules []string `yaml:"modules"`
+}
+
+// InitrdFile copies Src from the rootfs to Dst in the initrd. In YAML it is either a path (the same on
+// both sides) or a mapping {src: ..., dst: ...}.
+type InitrdFile struct {
+	Src string `yaml:"src"`
+	Dst string `yaml:"dst"`
+}
+
+// UnmarshalYAML accepts "/path" or {src: /a, dst: /b}.
+func (f *InitrdFile) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		f.Src, f.Dst = n.Value, n.Value
+		return nil
+	}
+	type plain InitrdFile
+	var p plain
+	if err := n.Decode(&p); err != nil {
+		return err
+	}
+	if p.Dst == "" {
+		p.Dst = p.Src
+	}
+	*f = InitrdFile(p)
+	return nil
+}
+
+// Boot names the boot loader and UKI stub.
+type Boot struct {
+	// SystemdBoot is a host path of systemd-bootx64.efi; default: taken from the rootfs.
+	SystemdBoot string `yaml:"systemdBoot"`
+	// Stub is a host path of linuxx64.efi.stub; default: taken from the rootfs.
+	Stub string `yaml:"stub"`
+	// Timeout is loader.conf's menu timeout in seconds (default 0: no menu).
+	Timeout int `yaml:"timeout"`
+}
+
+// Default locations of systemd-boot and its stub inside a rootfs.
+const (
+	RootfsSystemdBoot = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+	RootfsStub        = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+)
+
+// Disk sets the factory image's size and partition sizes.
+type Disk struct {
+	Size Size `yaml:"size"` // whole disk; default 2GiB
+	ESP  Size `yaml:"esp"`  // default 512MiB
+	Root Size `yaml:"root"` // each root slot; default 3/8 of what the ESP leaves
+	// The state partition takes the rest.
+}
+
+// Payload sets how the update payload is compressed.
+type Payload struct {
+	Compression string `yaml:"compression"` // xz (default) or zstd
+	BlockSize   Size   `yaml:"blockSize"`   // uncompressed bytes per independent block; default 4MiB
+}
+
+// Trust holds the device's root of trust.
+type Trust struct {
+	// Root is a host path of the TUF root.json baked into the image (under /usr/share/basalt/).
+	Root string `yaml:"root"`
+}
+
+// Defaults.
+const (
+	DefaultArch        = "x86_64"
+	DefaultCompression = "xz"
+	DefaultBlockSize   = 4 * MiB
+)
+
+// LoadConfig reads and validates the image config at path. Errors name the file and, where the YAML
+// decoder knows it, the line.
+func LoadConfig(path string) (*Config, error) {
+	return LoadConfigVersion(path, "")
+}
+
+// LoadConfigVersion is LoadConfig with the version replaced by version when it is not empty (the
+// command line's --version).
+func LoadConfigVersion(path, version string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read image config: %w", err)
+	}
+	c, err := parseConfig(data, version)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	c.Dir, c.Source = filepath.Dir(abs), path
+	return c, nil
+}
+
+// ParseConfig decodes a config strictly (unknown keys are errors), fills defaults and validates it.
+func ParseConfig(data []byte) (*Config, error) {
+	return parseConfig(data, "")
+}
+
+func parseConfig(data []byte, version string) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty image config")
+		}
+		return nil, fmt.Errorf("parse image config: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, errors.New("parse image config: more than one YAML document")
+	}
+	if version != "" {
+		c.Version = version
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// SetDefaults fills unset fields with their defaults.
+func (c *Config) SetDefaults() {
+	if c.Arch == "" {
+		c.Arch = DefaultArch
+	}
+	if c.Disk.Size == 0 {
+		c.Disk.Size = DefaultDiskSize
+	}
+	if c.Disk.ESP == 0 {
+		c.Disk.ESP = DefaultESPSize
+	}
+	if c.Disk.Root == 0 && c.Disk.Size > c.Disk.ESP {
+		c.Disk.Root = alignDown((c.Disk.Size-c.Disk.ESP)*3/8, PartitionAlign)
+	}
+	if c.Payload.Compression == "" {
+		c.Payload.Compression = DefaultCompression
+	}
+	if c.Payload.BlockSize == 0 {
+		c.Payload.BlockSize = DefaultBlockSize
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// Validate checks the config; call SetDefaults first.
+func (c *Config) Validate() error {
+	var errs []error
+	if !nameRE.MatchString(c.Name) {
+		errs = append(errs, fmt.Errorf("name %q: want lowercase letters, digits and '-' (at most 63)", c.Name))
+	}
+	if c.Version == "" {
+		errs = append(errs, errors.New("version: missing (set it here or with --version)"))
+	} else if err := ValidateVersion(c.Version); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := RootPartitionType(c.Arch); err != nil {
+		errs = append(errs, fmt.Errorf("arch: %w", err))
+	}
+	n := 0
+	for _, s := range []string{c.Rootfs.Dir, c.Rootfs.Tar, c.Rootfs.OCI} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		errs = append(errs, errors.New("rootfs: set exactly one of dir, tar, oci"))
+	}
+	for i, f := range c.Initrd.Files {
+		if !strings.HasPrefix(f.Src, "/") || !strings.HasPrefix(f.Dst, "/") {
+			errs = append(errs, fmt.Errorf("initrd.files[%d]: paths must be absolute paths inside the rootfs/initrd", i))
+		}
+	}
+	if c.Kernel.Path != "" && !strings.HasPrefix(c.Kernel.Path, "/") {
+		errs = append(errs, fmt.Errorf("kernel.path %q: must be an absolute path inside the rootfs", c.Kernel.Path))
+	}
+	switch c.Payload.Compression {
+	case "xz", "zstd":
+	default:
+		errs = append(errs, fmt.Errorf("payload.compression %q: want xz or zstd", c.Payload.Compression))
+	}
+	if c.Payload.BlockSize < 64*KiB || c.Payload.BlockSize > 256*MiB || c.Payload.BlockSize%VerityBlockSize != 0 {
+		errs = append(errs, fmt.Errorf("payload.blockSize %s: want a multiple of 4KiB between 64KiB and 256MiB", c.Payload.BlockSize))
+	}
+	if c.Boot.Timeout < 0 {
+		errs = append(errs, errors.New("boot.timeout: must not be negative"))
+	}
+	if err := c.Disk.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (d Disk) validate() error {
+	for _, s := range []struct {
+		name string
+		v    Size
+	}{{"disk.size", d.Size}, {"disk.esp", d.ESP}, {"disk.root", d.Root}} {
+		if s.v%PartitionAlign != 0 {
+			return fmt.Errorf("%s %s: must be a multiple of 1MiB", s.name, s.v)
+		}
+	}
+	if d.ESP < 64*MiB {
+		return fmt.Errorf("disk.esp %s: FAT32 needs at least 64MiB", d.ESP)
+	}
+	if d.Root < 16*MiB {
+		return fmt.Errorf("disk.root %s: too small", d.Root)
+	}
+	if d.StateSize() < 16*MiB {
+		return fmt.Errorf("disk.size %s: too small for esp %s + 2 x root %s + a state partition of 16MiB", d.Size, d.ESP, d.Root)
+	}
+	return nil
+}
+
+// StateSize is what the state partition gets: the disk minus the GPT areas (1 MiB at each end), the
+// ESP and two root slots.
+func (d Disk) StateSize() Size {
+	return d.Size - 2*PartitionAlign - d.ESP - 2*d.Root
+}
+
+// HostPath resolves a host path from the config against the config's folder.
+func (c *Config) HostPath(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.Dir == "" {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
+}
+
+func alignDown(v, a Size) Size { return v / a * a }

@@ -1,0 +1,115 @@
+package images
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const demoConfig = `name: basalt-demo
+version: 1.0.0
+arch: x86_64
+rootfs:
+  dir: ./rootfs
+kernel:
+  cmdline: "console=ttyS0"
+initrd:
+  files:
+    - /bin/busybox
+    - src: /usr/lib/basalt/basalt-init
+      dst: /init
+disk:
+  size: 2GiB
+`
+
+func TestParseConfigDefaults(t *testing.T) {
+	c, err := ParseConfig([]byte(demoConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Disk.Size != 2*GiB || c.Disk.ESP != 512*MiB || c.Disk.Root != 576*MiB {
+		t.Errorf("disk sizes = %s/%s/%s, want 2GiB/512MiB/576MiB", c.Disk.Size, c.Disk.ESP, c.Disk.Root)
+	}
+	if got := c.Disk.StateSize(); got != 2*GiB-2*MiB-512*MiB-2*576*MiB {
+		t.Errorf("state size = %s", got)
+	}
+	if c.Payload.Compression != "xz" || c.Payload.BlockSize != 4*MiB {
+		t.Errorf("payload defaults = %+v", c.Payload)
+	}
+	want := []InitrdFile{{"/bin/busybox", "/bin/busybox"}, {"/usr/lib/basalt/basalt-init", "/init"}}
+	if len(c.Initrd.Files) != 2 || c.Initrd.Files[0] != want[0] || c.Initrd.Files[1] != want[1] {
+		t.Errorf("initrd files = %+v, want %+v", c.Initrd.Files, want)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"unknown key with line", strings.Replace(demoConfig, "arch: x86_64", "arch: x86_64\nbogus: 1", 1), "line 4: field bogus not found"},
+		{"unknown nested key", strings.Replace(demoConfig, "  dir: ./rootfs", "  dir: ./rootfs\n  dri: x", 1), "line 6: field dri not found"},
+		{"two rootfs sources", strings.Replace(demoConfig, "  dir: ./rootfs", "  dir: ./rootfs\n  tar: x.tar", 1), "exactly one of dir, tar, oci"},
+		{"bad version", strings.Replace(demoConfig, "1.0.0", "v1.0", 1), "not a semantic version"},
+		{"build metadata", strings.Replace(demoConfig, "1.0.0", "1.0.0+git1", 1), "build metadata"},
+		{"bad name", strings.Replace(demoConfig, "basalt-demo", "Basalt_Demo", 1), "name \"Basalt_Demo\""},
+		{"bad size", strings.Replace(demoConfig, "2GiB", "2 gigs", 1), "line 16: invalid size"},
+		{"too small disk", strings.Replace(demoConfig, "2GiB", "600MiB", 1), "too small"},
+		{"bad arch", strings.Replace(demoConfig, "x86_64", "mips", 1), "unsupported architecture"},
+		{"bad compression", demoConfig + "payload:\n  compression: lz4\n", "want xz or zstd"},
+		{"relative initrd path", strings.Replace(demoConfig, "- /bin/busybox", "- bin/busybox", 1), "initrd.files[0]"},
+		{"empty", "", "empty image config"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadConfigNamesFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "img.yaml")
+	if err := os.WriteFile(p, []byte(demoConfig+"extra: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadConfig(p)
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "line 17") {
+		t.Fatalf("error = %v, want the file name and line 17", err)
+	}
+	if err := os.WriteFile(p, []byte(demoConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.HostPath(c.Rootfs.Dir); got != filepath.Join(dir, "rootfs") {
+		t.Errorf("HostPath = %s", got)
+	}
+}
+
+func TestSizes(t *testing.T) {
+	for in, want := range map[string]Size{"4096": 4096, "512MiB": 512 * MiB, "2GiB": 2 * GiB, "1G": 1e9, "64KiB": 64 * KiB} {
+		got, err := ParseSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5GiB", "12PB", "99999999999GiB"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) succeeded", in)
+		}
+	}
+}
+
+func TestVersions(t *testing.T) {
+	if CompareVersions("1.10.0", "1.9.0") != 1 || CompareVersions("1.0.0-rc.1", "1.0.0") != -1 || CompareVersions("2.0.0", "2.0.0") != 0 {
+		t.Error("semver precedence wrong")
+	}
+	if u, _ := RootPartUUID([]byte("0123456789abcdef0123456789abcdef")); u != "30313233-3435-3637-3839-616263646566" {
+		t.Errorf("RootPartUUID = %s", u)
+	}
+}
