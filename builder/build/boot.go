@@ -1,0 +1,182 @@
+package build
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/basalt-os/basalt/builder/initrd"
+	"github.com/basalt-os/basalt/builder/rootfs"
+	"github.com/basalt-os/basalt/builder/uki"
+	"github.com/basalt-os/basalt/images"
+)
+
+// bootFiles are what goes on the ESP for this version.
+type bootFiles struct {
+	uki         []byte
+	systemdBoot []byte
+	cmdline     string
+	pcr11       [32]byte
+}
+
+// assembleBoot builds the initrd and the UKI (kernel, initrd, cmdline, os-release, uname) and reads
+// systemd-boot, signing both EFI binaries when a Secure Boot key is set.
+func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, error) {
+	cfg := b.Config
+	kpath, err := b.kernelPath(tree)
+	if err != nil {
+		return nil, err
+	}
+	kernel, err := tree.ReadFile(kpath)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs: read kernel %s: %w", kpath, err)
+	}
+	osrel, err := b.osRelease(tree)
+	if err != nil {
+		return nil, err
+	}
+	initrdImg, err := b.buildInitrd(tree)
+	if err != nil {
+		return nil, err
+	}
+	stub, err := b.efiBinary(tree, cfg.Boot.Stub, "boot.stub", images.RootfsStub, "systemd-boot-efi")
+	if err != nil {
+		return nil, err
+	}
+	sdboot, err := b.efiBinary(tree, cfg.Boot.SystemdBoot, "boot.systemdBoot", images.RootfsSystemdBoot, "systemd-boot-efi")
+	if err != nil {
+		return nil, err
+	}
+
+	cmdline := strings.TrimSpace(fmt.Sprintf("%s roothash=%s basalt.version=%s basalt.verity.hashoffset=%d",
+		cfg.Kernel.Cmdline, hex.EncodeToString(root.verity.RootHash), cfg.Version, root.fsSize))
+	sections := []uki.Section{
+		{Name: ".osrel", Data: osrel},
+		{Name: ".cmdline", Data: []byte(cmdline)},
+	}
+	if uname := kernelRelease(kpath); uname != "" {
+		sections = append(sections, uki.Section{Name: ".uname", Data: []byte(uname)})
+	}
+	sections = append(sections,
+		uki.Section{Name: ".linux", Data: kernel},
+		uki.Section{Name: ".initrd", Data: initrdImg},
+	)
+	bf := &bootFiles{systemdBoot: sdboot, cmdline: cmdline}
+	if bf.pcr11, err = uki.PredictPCR11(sections); err != nil {
+		return nil, fmt.Errorf("predict PCR 11: %w", err)
+	}
+	if bf.uki, err = uki.Build(stub, sections); err != nil {
+		return nil, fmt.Errorf("assemble UKI: %w", err)
+	}
+	if s := b.SecureBoot; s != nil {
+		if bf.uki, err = uki.Sign(bf.uki, s.Key, s.Cert); err != nil {
+			return nil, fmt.Errorf("sign UKI: %w", err)
+		}
+		if bf.systemdBoot, err = uki.Sign(bf.systemdBoot, s.Key, s.Cert); err != nil {
+			return nil, fmt.Errorf("sign systemd-boot: %w", err)
+		}
+	}
+	return bf, nil
+}
+
+// kernelPath is kernel.path, or the only /boot/vmlinuz-* of the rootfs.
+func (b *builder) kernelPath(tree *rootfs.Tree) (string, error) {
+	if p := b.Config.Kernel.Path; p != "" {
+		return p, nil
+	}
+	matches, err := tree.Glob("/boot/vmlinuz-*")
+	if err != nil {
+		return "", fmt.Errorf("rootfs: find kernel: %w", err)
+	}
+	switch len(matches) {
+	case 1:
+		return matches[0], nil
+	case 0:
+		return "", fmt.Errorf("%s: rootfs has no /boot/vmlinuz-*: install a kernel in it or set kernel.path", b.Config.Source)
+	}
+	return "", fmt.Errorf("%s: rootfs has several kernels (%s): set kernel.path", b.Config.Source, strings.Join(matches, ", "))
+}
+
+// kernelRelease is the "uname -r" of a kernel named vmlinuz-<release>, or "".
+func kernelRelease(kpath string) string {
+	base := path.Base(kpath)
+	if r, ok := strings.CutPrefix(base, "vmlinuz-"); ok {
+		return r
+	}
+	return ""
+}
+
+// osRelease returns the rootfs's os-release with IMAGE_ID and IMAGE_VERSION set to this image, for the
+// UKI's .osrel section (what systemd-boot shows in its menu).
+func (b *builder) osRelease(tree *rootfs.Tree) ([]byte, error) {
+	var src []byte
+	for _, p := range []string{"/etc/os-release", "/usr/lib/os-release"} {
+		data, err := tree.ReadFile(p)
+		if err == nil {
+			src = data
+			break
+		}
+	}
+	if src == nil {
+		src = []byte(fmt.Sprintf("NAME=%q\nID=%s\nPRETTY_NAME=%q\n", b.Config.Name, b.Config.Name, b.Config.Name))
+	}
+	var out bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(src))
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "IMAGE_ID=") || strings.HasPrefix(line, "IMAGE_VERSION=") {
+			continue
+		}
+		out.WriteString(line + "\n")
+	}
+	fmt.Fprintf(&out, "IMAGE_ID=%s\nIMAGE_VERSION=%s\n", b.Config.Name, b.Config.Version)
+	return out.Bytes(), nil
+}
+
+// buildInitrd packs the config's initrd files from the rootfs into a deterministic cpio archive.
+func (b *builder) buildInitrd(tree *rootfs.Tree) ([]byte, error) {
+	a := initrd.New(b.created)
+	for _, f := range b.Config.Initrd.Files {
+		hdr, err := tree.Lookup(f.Src)
+		if err != nil {
+			return nil, fmt.Errorf("%s: initrd file %s: %w", b.Config.Source, f.Src, err)
+		}
+		data, err := tree.ReadFile(f.Src)
+		if err != nil {
+			return nil, fmt.Errorf("%s: initrd file %s: %w", b.Config.Source, f.Src, err)
+		}
+		mode := fs.FileMode(hdr.Mode).Perm()
+		if err := a.Add(initrd.Entry{Name: f.Dst, Mode: mode, Data: data}); err != nil {
+			return nil, fmt.Errorf("initrd: %w", err)
+		}
+	}
+	if len(b.Config.Initrd.Modules) > 0 {
+		return nil, fmt.Errorf("%s: initrd.modules is not supported yet", b.Config.Source)
+	}
+	var buf bytes.Buffer
+	if _, err := a.WriteTo(&buf); err != nil {
+		return nil, fmt.Errorf("write initrd: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// efiBinary reads an EFI binary from a host path set in the config, or else from the rootfs.
+func (b *builder) efiBinary(tree *rootfs.Tree, hostPath, key, rootfsPath, pkg string) ([]byte, error) {
+	if hostPath != "" {
+		data, err := os.ReadFile(b.Config.HostPath(hostPath))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", b.Config.Source, key, err)
+		}
+		return data, nil
+	}
+	data, err := tree.ReadFile(rootfsPath)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs has no %s (install Debian's %s in it, or set %s in %s): %w", rootfsPath, pkg, key, b.Config.Source, err)
+	}
+	return data, nil
+}

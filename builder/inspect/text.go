@@ -1,0 +1,52 @@
+package inspect
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/basalt-os/basalt/images"
+)
+
+// WriteText prints d for people.
+func (d *Disk) WriteText(w io.Writer) error {
+	fmt.Fprintf(w, "disk %s: %s, GUID %s\n", d.Path, images.Size(d.Size), d.DiskGUID)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "#\tname\tstart\tsize\tpartition UUID\tholds")
+	for _, p := range d.Partitions {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", p.Number, p.Name, images.Size(p.Start), images.Size(p.Size), strings.ToLower(p.GUID), p.Version)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, e := range d.Entries {
+		writeEntry(w, "boot entry", e)
+	}
+	return nil
+}
+
+// WriteText prints u for people.
+func (u *Update) WriteText(w io.Writer) error {
+	m := u.Manifest
+	fmt.Fprintf(w, "update %s: %s %s (%s), built %s\n", u.Dir, m.Name, m.Version, m.Arch, m.Created.Format("2006-01-02 15:04:05Z07:00"))
+	fmt.Fprintf(w, "  root image  %d bytes, ext4 %d bytes + dm-verity, sha256 %s\n", m.Root.Size, m.Root.Verity.HashOffset, m.Root.SHA256)
+	fmt.Fprintf(w, "  root hash   %s (partition UUID %s)\n", m.Root.Verity.RootHash, m.Root.PartUUID)
+	ix := m.Root.Payload
+	fmt.Fprintf(w, "  payload     %s: %d bytes, %s, %d blocks of %s (%.1f%% of the image)\n", ix.Path, ix.Size, ix.Codec, len(ix.Blocks), images.Size(ix.BlockSize), 100*float64(ix.Size)/float64(max(ix.RawSize, 1)))
+	if m.PCR11 != nil {
+		fmt.Fprintf(w, "  PCR 11      %s:%s\n", m.PCR11.Bank, m.PCR11.Value)
+	}
+	fmt.Fprintf(w, "  checked     %s (sizes and sha256 match the manifest)\n", strings.Join(u.Checked, ", "))
+	writeEntry(w, "UKI", *u.UKI)
+	return nil
+}
+
+func writeEntry(w io.Writer, what string, e Entry) {
+	fmt.Fprintf(w, "%s %s: %d bytes, version %s\n", what, e.File, e.Size, e.Version)
+	var secs []string
+	for _, s := range e.Sections {
+		secs = append(secs, fmt.Sprintf("%s(%d)", s.Name, s.Size))
+	}
+	fmt.Fprintf(w, "  sections  %s\n  cmdline   %s\n", strings.Join(secs, " "), e.Cmdline)
+}

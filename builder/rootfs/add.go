@@ -1,0 +1,64 @@
+package rootfs
+
+import (
+	"archive/tar"
+	"fmt"
+	"io/fs"
+	"slices"
+	"time"
+)
+
+// AddFile puts a regular file owned by root into the tree at name (an absolute or relative path inside
+// it), replacing a regular file already there. Missing parent directories are added as 0755 root:root.
+// It is how the builder adds files of its own to a rootfs, such as the TUF root of trust.
+func (t *Tree) AddFile(name string, data []byte, mode fs.FileMode, mtime time.Time) error {
+	clean, err := cleanName(name)
+	if err != nil || clean == "" {
+		return fmt.Errorf("add %s: invalid path", name)
+	}
+	n := &node{typ: tar.TypeReg, mode: int64(mode.Perm()), mtime: mtime.Unix(), size: int64(len(data)), data: data, file: -1}
+	if n.data == nil {
+		n.data = []byte{}
+	}
+	// Every parent must be a directory (not a symlink: a file added through one could land anywhere).
+	for dir := parent(clean); ; dir = parent(dir) {
+		if i, ok := t.find(dir); ok {
+			if t.entries[i].n.typ != tar.TypeDir {
+				return fmt.Errorf("add /%s: /%s is not a directory", clean, dir)
+			}
+		} else {
+			t.insert(entry{name: dir, n: &node{typ: tar.TypeDir, mode: 0o755, mtime: mtime.Unix(), file: -1}})
+		}
+		if dir == "" {
+			break
+		}
+	}
+	if i, ok := t.find(clean); ok {
+		old := t.entries[i]
+		if old.n.typ != tar.TypeReg || old.link != "" || old.n.links > 1 {
+			return fmt.Errorf("add /%s: a %s is already there", clean, typeName(old))
+		}
+		t.entries[i].n = n
+		return nil
+	}
+	t.insert(entry{name: clean, n: n})
+	return nil
+}
+
+// insert adds e at its sorted place; the caller checked that its name is not present.
+func (t *Tree) insert(e entry) {
+	i, _ := t.find(e.name)
+	t.entries = slices.Insert(t.entries, i, e)
+}
+
+func typeName(e entry) string {
+	switch {
+	case e.link != "" || e.n.links > 1:
+		return "hard-linked file"
+	case e.n.typ == tar.TypeDir:
+		return "directory"
+	case e.n.typ == tar.TypeSymlink:
+		return "symlink"
+	}
+	return "special file"
+}
