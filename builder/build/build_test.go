@@ -320,7 +320,9 @@ func TestBuildErrorsLeaveNothingBehind(t *testing.T) {
 			write(t, filepath.Join(rootfs, "big"), bytes.Repeat([]byte("x"), 20<<20), 0o644)
 		}, "disk.root"},
 		{"missing stub", func(c *images.Config) { c.Boot.Stub = filepath.Join(tmp, "no-stub") }, nil, "boot.stub"},
-		{"missing initrd file", func(c *images.Config) { c.Initrd.Files = append(c.Initrd.Files, images.InitrdFile{Src: "/nope", Dst: "/nope"}) }, nil, "/nope"},
+		{"missing initrd file", func(c *images.Config) {
+			c.Initrd.Files = append(c.Initrd.Files, images.InitrdFile{Src: "/nope", Dst: "/nope"})
+		}, nil, "/nope"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.setup != nil {

@@ -87,7 +87,7 @@ type node struct {
 
 	data []byte // content held in memory (files added with AddFile); nil otherwise
 	file int    // index into Tree.files; -1 for the source folder or no content
-	off  int64 // offset of the content in that file
+	off  int64  // offset of the content in that file
 	dev  uint64
 	ino  uint64
 }
