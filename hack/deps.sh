@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   # reference readers the tests check our formats with
   gdisk fdisk e2fsprogs cryptsetup-bin mtools dosfstools binutils xz-utils zstd cpio tar
-  sbsigntool osslsigncode openssl
+  sbsigntool osslsigncode openssl bc time
   # systemd-boot, the UKI stub and systemd-measure (PCR 11 prediction peer)
   systemd systemd-boot-efi
   # the boot chain under QEMU

@@ -1,6 +1,7 @@
 package build_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -341,6 +342,68 @@ func TestBuildErrorsLeaveNothingBehind(t *testing.T) {
 				if strings.HasPrefix(e.Name(), "out-") || strings.HasPrefix(e.Name(), ".out-") {
 					t.Errorf("left behind: %s", e.Name())
 				}
+			}
+		})
+	}
+}
+
+// The same tree as a folder and as a zstd tarball made by GNU tar gives a byte-identical root image.
+func TestBuildFolderAndTarballAgree(t *testing.T) {
+	tarTool := requireTool(t, "tar", "tar")
+	requireTool(t, "zstd", "zstd")
+	tmp := t.TempDir()
+	rootfs := filepath.Join(tmp, "rootfs")
+	makeRootfs(t, rootfs)
+	cfg := config(t, tmp, rootfs)
+	a := doBuild(t, cfg, filepath.Join(tmp, "a"))
+
+	tarball := filepath.Join(tmp, "rootfs.tar.zst")
+	run(t, tarTool, "--zstd", "--numeric-owner", "--xattrs", "--format=posix", "-C", rootfs, "-cf", tarball, ".")
+	cfg.Rootfs = images.Rootfs{Tar: tarball}
+	b := doBuild(t, cfg, filepath.Join(tmp, "b"))
+	if a.Manifest.Root.SHA256 != b.Manifest.Root.SHA256 || a.Manifest.Root.Verity.RootHash != b.Manifest.Root.Verity.RootHash {
+		t.Errorf("root image from a folder %s (root hash %s) != from a tarball %s (root hash %s)",
+			a.Manifest.Root.SHA256, a.Manifest.Root.Verity.RootHash, b.Manifest.Root.SHA256, b.Manifest.Root.Verity.RootHash)
+	}
+}
+
+func TestBuildBadRootfsInput(t *testing.T) {
+	tmp := t.TempDir()
+	rootfs := filepath.Join(tmp, "rootfs")
+	makeRootfs(t, rootfs)
+	cfg := config(t, tmp, rootfs)
+
+	evil := filepath.Join(tmp, "evil.tar")
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	_ = tw.WriteHeader(&tar.Header{Name: "../escape", Mode: 0o644, Size: 1, Typeflag: tar.TypeReg})
+	_, _ = tw.Write([]byte("x"))
+	_ = tw.Close()
+	write(t, evil, buf.Bytes(), 0o644)
+	truncated := filepath.Join(tmp, "truncated.tar")
+	write(t, truncated, buf.Bytes()[:700], 0o644)
+
+	for _, tc := range []struct {
+		name string
+		src  images.Rootfs
+		want []string
+	}{
+		{"path traversal", images.Rootfs{Tar: evil}, []string{"evil.tar", "../escape"}},
+		{"truncated tarball", images.Rootfs{Tar: truncated}, []string{"truncated.tar"}},
+		{"unreachable OCI reference", images.Rootfs{OCI: "127.0.0.1:1/nothing:latest"}, []string{"127.0.0.1:1/nothing:latest"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := *cfg
+			c.Rootfs = tc.src
+			out := filepath.Join(tmp, "out")
+			_, err := build.Build(context.Background(), build.Options{Config: &c, OutDir: out})
+			for _, w := range tc.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Fatalf("error = %v, want it to mention %q", err, w)
+				}
+			}
+			if _, err := os.Stat(out); !os.IsNotExist(err) {
+				t.Errorf("output folder exists after a failed build")
 			}
 		})
 	}

@@ -21,7 +21,6 @@ type rootImage struct {
 	verity       *verity.Tree
 	params       verity.Params
 	rootfsDigest []byte // sha256 of the canonical tar stream
-	sha256       []byte // of the whole image
 }
 
 // writeRoot writes the canonical tar stream of tree as ext4 and appends the dm-verity tree.
@@ -75,11 +74,6 @@ func (b *builder) writeRoot(ctx context.Context, tree *rootfs.Tree) (*rootImage,
 	if err := f.Truncate(r.size); err != nil {
 		return nil, fmt.Errorf("root image: %w", err)
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, r.size)); err != nil {
-		return nil, fmt.Errorf("hash root image: %w", err)
-	}
-	r.sha256 = h.Sum(nil)
 	return r, f.Close()
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -30,6 +31,17 @@ func (b *builder) writeUpdate(ctx context.Context, tree *rootfs.Tree, root *root
 		return nil, fmt.Errorf("create payload: %w", err)
 	}
 	defer dst.Close()
+	// The whole image's sha256 is computed beside the compression, which takes far longer.
+	type sum struct {
+		b   []byte
+		err error
+	}
+	sumc := make(chan sum, 1)
+	go func() {
+		h := sha256.New()
+		_, err := io.Copy(h, io.NewSectionReader(src, 0, root.size))
+		sumc <- sum{h.Sum(nil), err}
+	}()
 	bar := b.Progress.Start("compress payload ("+cfg.Payload.Compression+")", root.size)
 	index, err := payload.Write(dst, src, root.size, payload.WriterOptions{
 		Codec:     payload.Codec(cfg.Payload.Compression),
@@ -42,6 +54,10 @@ func (b *builder) writeUpdate(ctx context.Context, tree *rootfs.Tree, root *root
 	}
 	if err := dst.Close(); err != nil {
 		return nil, fmt.Errorf("write payload %s: %w", payloadName, err)
+	}
+	rootSum := <-sumc
+	if rootSum.err != nil {
+		return nil, fmt.Errorf("hash root image: %w", rootSum.err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -66,7 +82,7 @@ func (b *builder) writeUpdate(ctx context.Context, tree *rootfs.Tree, root *root
 		Created:       b.created,
 		Root: images.Root{
 			Size:       root.size,
-			SHA256:     hex.EncodeToString(root.sha256),
+			SHA256:     hex.EncodeToString(rootSum.b),
 			Filesystem: "ext4",
 			Verity: images.Verity{
 				Version:       1,

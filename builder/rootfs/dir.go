@@ -42,6 +42,12 @@ func fromDir(dir string, opts Options) (_ *Tree, err error) {
 		return nil, err
 	}
 	t := &Tree{root: root, source: abs}
+	// A plain directory handle too, for openat2: one system call per file instead of os.Root's one per
+	// path element (measured: os.Root took 1.5 s of a 3.8 s build of the Go toolchain tree).
+	if t.rootDir, err = os.OpenFile(abs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+		root.Close()
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			t.Close()

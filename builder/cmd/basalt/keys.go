@@ -1,0 +1,162 @@
+package main
+
+import (
+	"crypto/rand"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/basalt-os/basalt/builder/tufrepo"
+	"github.com/basalt-os/basalt/keys"
+)
+
+func newKeysCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "keys",
+		Short: "Generate and export the signing keys (TUF roles, Secure Boot, PCR policy)",
+		Long: `keys manages a key folder: the TUF role keys (root, targets, snapshot, timestamp), the Secure Boot
+signing key with its X.509 certificate, and the PCR-policy signing key.
+
+Private keys are PEM files (PKCS #8) of mode 0600 in a folder of mode 0700; basalt refuses to load
+a private key that group or others can read. README.txt and index.json in the folder say which file
+is which role, algorithm and key ID, and which keys belong offline.
+
+Keys can be kept apart: a host needs the folder's public files (basalt keys export-public) plus only
+the private keys of its job - root keys offline, targets and snapshot on the publishing host, the
+timestamp key wherever 'basalt repo refresh' runs from cron.`,
+	}
+	cmd.AddCommand(newKeysInitCmd(), newKeysExportCmd(), newKeysListCmd())
+	return cmd
+}
+
+func newKeysInitCmd() *cobra.Command {
+	var (
+		dir, alg, pcrAlg, cn, validity string
+		rootKeys, rootThreshold        int
+	)
+	cmd := &cobra.Command{
+		Use:   "init --dir KEYS",
+		Short: "Generate a new key folder",
+		Long: `init generates every key into a new folder (created 0700; it must not hold keys yet):
+
+  root-N.key/.pub        TUF root keys (--root-keys of them; --root-threshold must sign a root)
+  targets, snapshot,     TUF role keys (ed25519, or ECDSA P-256 with --algorithm ecdsa-p256)
+  timestamp .key/.pub
+  secureboot.key/.crt    RSA 2048 Secure Boot signing key and self-signed X.509 certificate (PEM,
+  secureboot.cer         as sbsign takes them; the DER .cer is what firmware db enrollment takes)
+  pcr-policy.key/.pub    RSA 2048 (or ECDSA P-256) key that signs PCR 11 policies (TPM PolicyAuthorize)
+  index.json, README.txt which file is which
+
+For production use several root keys held by different people (for example 3 with a threshold of 2)
+and move them offline after 'basalt repo init'.`,
+		Example: `  basalt keys init --dir keys
+  basalt keys init --dir keys --root-keys 3 --root-threshold 2
+  basalt keys init --dir keys --algorithm ecdsa-p256 --secureboot-cn "Example Corp Secure Boot 2026"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := tufrepo.ParseDuration(validity)
+			if err != nil {
+				return usageError{fmt.Errorf("--cert-validity: %w", err)}
+			}
+			if rootKeys < 1 || rootThreshold < 1 || rootThreshold > rootKeys {
+				return usageError{fmt.Errorf("--root-threshold %d of --root-keys %d: want 1 <= threshold <= keys", rootThreshold, rootKeys)}
+			}
+			s, err := keys.Init(dir, keys.InitOptions{
+				RootKeys: rootKeys, RootThreshold: rootThreshold,
+				Algorithm: keys.Algorithm(alg), PCRAlgorithm: keys.Algorithm(pcrAlg),
+				SecureBootCN: cn, CertValidity: v,
+				Now: time.Now(), Rand: rand.Reader,
+			})
+			if err != nil {
+				return err
+			}
+			loggerFrom(cmd.Context()).Info("keys generated", "dir", s.Dir(), "keys", len(s.Entries()))
+			return printReadme(cmd, s)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "key folder to create (required)")
+	cmd.Flags().IntVar(&rootKeys, "root-keys", 1, "number of TUF root keys")
+	cmd.Flags().IntVar(&rootThreshold, "root-threshold", 1, "how many root keys must sign a root")
+	cmd.Flags().StringVar(&alg, "algorithm", string(keys.Ed25519), "TUF role key algorithm: ed25519 or ecdsa-p256")
+	cmd.Flags().StringVar(&pcrAlg, "pcr-algorithm", string(keys.RSA2048), "PCR-policy key algorithm: rsa-2048 or ecdsa-p256")
+	cmd.Flags().StringVar(&cn, "secureboot-cn", keys.DefaultSecureBootCN, "common name of the Secure Boot certificate")
+	cmd.Flags().StringVar(&validity, "cert-validity", "3650d", "validity of the Secure Boot certificate from now (days like 3650d, or a Go duration)")
+	cmd.MarkFlagRequired("dir")
+	return cmd
+}
+
+func newKeysExportCmd() *cobra.Command {
+	var dir, out string
+	cmd := &cobra.Command{
+		Use:   "export-public --dir KEYS --out DIR",
+		Short: "Copy the public keys and certificates (no private key) to a folder",
+		Long: `export-public copies every public key, the Secure Boot certificate (PEM and DER), index.json and
+README.txt into DIR (created 0700 if missing). No private key is read or copied.
+
+To give a host only the keys of its job, export, then copy in just the private keys it needs.`,
+		Example: `  basalt keys export-public --dir keys --out keys-public
+  # a cron host that only re-signs timestamps:
+  basalt keys export-public --dir keys --out ts-keys && cp -p keys/timestamp.key ts-keys/`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := keys.Open(dir)
+			if err != nil {
+				return err
+			}
+			if err := s.ExportPublic(out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "public keys of %s written to %s\n", dir, out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "key folder (required)")
+	cmd.Flags().StringVar(&out, "out", "", "output folder (required)")
+	cmd.MarkFlagRequired("dir")
+	cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+func newKeysListCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:     "list --dir KEYS",
+		Short:   "Show which key is which, and which private keys are present here",
+		Example: `  basalt keys list --dir keys`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := keys.Open(dir)
+			if err != nil {
+				return err
+			}
+			return printReadme(cmd, s)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "key folder (required)")
+	cmd.MarkFlagRequired("dir")
+	return cmd
+}
+
+// printReadme prints the folder's key table, marking which private keys are present.
+func printReadme(cmd *cobra.Command, s *keys.Store) error {
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "key folder %s\n", s.Dir())
+	for _, e := range s.Entries() {
+		here := "private key present"
+		if !s.HasPrivate(e.Name) {
+			here = "public only"
+		}
+		if e.Retired {
+			here += ", retired"
+		}
+		if e.Offline && s.HasPrivate(e.Name) {
+			here += " (keep offline)"
+		}
+		fmt.Fprintf(w, "  %-10s %-12s %-10s %.16s  %s\n", e.Role, e.Name, e.Algorithm, e.KeyID, here)
+	}
+	if _, err := fmt.Fprintf(w, "details: %s\n", s.Path(keys.ReadmeFile)); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	return nil
+}
