@@ -10,7 +10,7 @@ export CGO_ENABLED := 0
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./builder/cmd/basalt
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./builder/cmd/basalt ./updater/cmd/basalt-updater
 
 deps:
 	bash hack/deps.sh

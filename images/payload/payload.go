@@ -33,8 +33,9 @@ const (
 // Block sizes.
 const (
 	// DefaultBlockSize is the uncompressed size of every block but the last, unless the writer is told
-	// otherwise. 4 MiB keeps xz within about 1.5% of the ratio of 16 MiB blocks while a 2-core device
-	// still holds only a few blocks in memory.
+	// otherwise. Measured on a 245 MB tar of a Go toolchain (xz, payload/input): 1 MiB 0.244,
+	// 4 MiB 0.240, 8 MiB 0.235, 16 MiB 0.229, with compression getting slower as blocks grow
+	// (8.6, 8.0, 7.2, 6.0 MB per CPU-second). 4 MiB keeps a 2-core device's decoder near 40 MB.
 	DefaultBlockSize = 4 << 20
 	// MinBlockSize is the smallest block size a writer accepts (and the smallest LZMA dictionary).
 	MinBlockSize = 4 << 10

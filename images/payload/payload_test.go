@@ -579,3 +579,24 @@ func TestWriteOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestIncompressible checks that random data stays within MaxCompressedSize (Validate) and still
+// round-trips.
+func TestIncompressible(t *testing.T) {
+	data := make([]byte, 3*testBlock+10)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	for _, c := range codecs {
+		p, ix := writePayload(t, data, WriterOptions{Codec: c, BlockSize: testBlock})
+		for i, b := range ix.Blocks {
+			if b.Size > MaxCompressedSize(b.RawSize) {
+				t.Errorf("%s block %d: %d bytes for %d raw", c, i, b.Size, b.RawSize)
+			}
+			if _, err := DecodeBlock(c, b, p[b.Offset:b.Offset+b.Size]); err != nil {
+				t.Errorf("%s block %d: %v", c, i, err)
+			}
+		}
+	}
+}

@@ -11,11 +11,12 @@ import (
 	"github.com/basalt-os/basalt/builder/build"
 	"github.com/basalt-os/basalt/builder/progress"
 	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/keys"
 )
 
 func newBuildCmd(g *globalFlags) *cobra.Command {
 	var (
-		out, ver string
+		out, ver, keyDir string
 	)
 	cmd := &cobra.Command{
 		Use:   "build CONFIG.yaml",
@@ -42,11 +43,24 @@ Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 				return usageError{err}
 			}
 			log := loggerFrom(cmd.Context())
+			var signer *build.Signer
+			if keyDir != "" {
+				store, err := keys.Open(keyDir)
+				if err != nil {
+					return err
+				}
+				key, cert, _, _, err := store.SecureBoot()
+				if err != nil {
+					return fmt.Errorf("--keys %s: Secure Boot key: %w", keyDir, err)
+				}
+				signer = &build.Signer{Key: key, Cert: cert}
+			}
 			start := time.Now()
 			res, err := build.Build(cmd.Context(), build.Options{
 				Config:          cfg,
 				OutDir:          out,
 				SourceDateEpoch: epoch,
+				SecureBoot:      signer,
 				Builder:         "basalt " + version,
 				Progress:        progress.New(os.Stderr, g.quiet),
 				Log:             log,
@@ -65,6 +79,7 @@ Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 	}
 	cmd.Flags().StringVarP(&out, "out", "o", "out", "output folder (replaced when the build succeeds)")
 	cmd.Flags().StringVar(&ver, "version", "", "version to build (overrides the config's version)")
+	cmd.Flags().StringVar(&keyDir, "keys", "", "key folder ('basalt keys init'): sign systemd-boot and the UKI with its Secure Boot key")
 	return cmd
 }
 

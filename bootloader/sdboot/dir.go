@@ -1,0 +1,96 @@
+package sdboot
+
+import (
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"os"
+	"path"
+	"path/filepath"
+)
+
+// Dir is the part of an ESP the boot-counting logic needs. Paths are relative with forward slashes
+// ("EFI/Linux/basalt_1.0.0.efi"). bootloader/esp.FS implements it for an ESP inside a disk image;
+// OSDir for a mounted ESP.
+type Dir interface {
+	ReadDir(dir string) ([]iofs.DirEntry, error)
+	Rename(oldname, newname string) error
+}
+
+// OSDir is a mounted ESP: a folder of the host file system. Rename is os.Rename followed by an fsync of
+// the folder, so a rename is durable when it returns (vfat renames within one folder are what
+// systemd-boot itself relies on).
+type OSDir string
+
+// ReadDir lists dir below the ESP's mount point.
+func (d OSDir) ReadDir(dir string) ([]iofs.DirEntry, error) {
+	return os.ReadDir(filepath.Join(string(d), filepath.FromSlash(dir)))
+}
+
+// Rename renames a file within the ESP and syncs the folder.
+func (d OSDir) Rename(oldname, newname string) error {
+	o := filepath.Join(string(d), filepath.FromSlash(oldname))
+	n := filepath.Join(string(d), filepath.FromSlash(newname))
+	if err := os.Rename(o, n); err != nil {
+		return err
+	}
+	f, err := os.Open(filepath.Dir(n))
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", filepath.Dir(n), err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", filepath.Dir(n), err)
+	}
+	return nil
+}
+
+// List returns the Basalt entries in d's EFI/Linux folder, in systemd-boot's menu order. Files that are
+// not entries (other names, folders, temporary files) are skipped; a missing folder gives no entries.
+func List(d Dir) ([]Entry, error) {
+	des, err := d.ReadDir(EntryDir)
+	if errors.Is(err, iofs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", EntryDir, err)
+	}
+	var out []Entry
+	for _, de := range des {
+		if de.IsDir() || len(de.Name()) > 0 && de.Name()[0] == '.' {
+			continue
+		}
+		e, err := ParseEntry(de.Name())
+		if err != nil {
+			continue
+		}
+		out = append(out, e)
+	}
+	Sort(out)
+	return out, nil
+}
+
+// Find returns the entry for name and version among entries, whatever its counter.
+func Find(entries []Entry, name, version string) (Entry, bool) {
+	for _, e := range entries {
+		if e.Name == name && e.Version == version {
+			return e, true
+		}
+	}
+	return Entry{}, false
+}
+
+// Path is the entry's path on the ESP.
+func (e Entry) Path() string { return path.Join(EntryDir, e.FileName()) }
+
+// Rename renames entry from to entry to in d (both of the same id). It does nothing when the names are
+// equal.
+func Rename(d Dir, from, to Entry) error {
+	if from.FileName() == to.FileName() {
+		return nil
+	}
+	if err := d.Rename(from.Path(), to.Path()); err != nil {
+		return fmt.Errorf("rename boot entry %s to %s: %w", from.FileName(), to.FileName(), err)
+	}
+	return nil
+}

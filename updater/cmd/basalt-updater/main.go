@@ -1,0 +1,232 @@
+// Command basalt-updater is Basalt's on-device update agent: it checks a TUF repository for new
+// versions, installs one into the inactive root slot, switches to it with boot counting, and blesses or
+// rolls it back. With --disk it works on a disk image instead of the running device.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/basalt-os/basalt/updater/agent"
+	"github.com/basalt-os/basalt/updater/config"
+	"github.com/basalt-os/basalt/updater/state"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "basalt-updater:", err)
+		os.Exit(1)
+	}
+}
+
+type globals struct {
+	config   string
+	disk     string
+	stateDir string
+	logLevel string
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "basalt-updater",
+		Short:         "Install Basalt updates from a TUF repository into the inactive slot, with rollback",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.config, "config", config.DefaultPath, "configuration file")
+	pf.StringVar(&g.disk, "disk", "", "work on this disk image instead of the running device (no reboot)")
+	pf.StringVar(&g.stateDir, "state", "", "state folder (overrides the configuration's stateDir)")
+	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+
+	var jsonOut bool
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show the running version, the slots, the boot entries and the update state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := g.agent(stderr)
+			if err != nil {
+				return err
+			}
+			st, err := a.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				enc := json.NewEncoder(stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			fmt.Fprintf(stdout, "running   %s (slot %s)\n", st.Running, st.Slot)
+			fmt.Fprintf(stdout, "state     %s", st.State.Phase)
+			if st.State.Target != "" {
+				fmt.Fprintf(stdout, " (target %s in %s)", st.State.Target, st.State.TargetSlot)
+			}
+			if st.State.Error != "" {
+				fmt.Fprintf(stdout, ": %s", st.State.Error)
+			}
+			fmt.Fprintln(stdout)
+			if len(st.State.Bad) > 0 {
+				fmt.Fprintf(stdout, "failed    %v\n", st.State.Bad)
+			}
+			for _, e := range st.Entries {
+				fmt.Fprintf(stdout, "entry     %s\n", e)
+			}
+			return nil
+		},
+	}
+	status.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+
+	var checkVersion string
+	check := &cobra.Command{
+		Use:   "check",
+		Short: "Refresh the TUF metadata and show the update install would pick",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := g.agent(stderr)
+			if err != nil {
+				return err
+			}
+			rel, err := a.Check(cmd.Context(), checkVersion)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "update available: %s\n", rel.Version)
+			return nil
+		},
+	}
+	check.Flags().StringVar(&checkVersion, "version", "", "check for exactly this version")
+
+	var installVersion string
+	var noReboot bool
+	inst := &cobra.Command{
+		Use:   "install",
+		Short: "Install the newest update (or --version) into the inactive slot and switch to it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := g.agent(stderr)
+			if err != nil {
+				return err
+			}
+			res, err := a.Install(cmd.Context(), installVersion, noReboot)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "installed %s into %s; boot entry %s", res.Version, res.Slot, res.Entry)
+			if res.Resumed > 0 {
+				fmt.Fprintf(stdout, " (resumed at block %d)", res.Resumed)
+			}
+			fmt.Fprintln(stdout)
+			if !res.Rebooting {
+				fmt.Fprintln(stdout, "reboot to try it")
+			}
+			return nil
+		},
+	}
+	inst.Flags().StringVar(&installVersion, "version", "", "install exactly this version (it must still be newer)")
+	inst.Flags().BoolVar(&noReboot, "no-reboot", false, "do not reboot after the switch")
+
+	markGood := &cobra.Command{
+		Use:   "mark-good",
+		Short: "Bless the running version on trial",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := g.agent(stderr)
+			if err != nil {
+				return err
+			}
+			return a.MarkGood(cmd.Context())
+		},
+	}
+
+	var rbNoReboot bool
+	rollback := &cobra.Command{
+		Use:   "rollback",
+		Short: "Mark the new version bad and go back to the previous one",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := g.agent(stderr)
+			if err != nil {
+				return err
+			}
+			return a.Rollback(cmd.Context(), rbNoReboot)
+		},
+	}
+	rollback.Flags().BoolVar(&rbNoReboot, "no-reboot", false, "do not reboot")
+
+	var hNoReboot bool
+	healthCmd := &cobra.Command{
+		Use:   "health",
+		Short: "After a boot into a new version: run the health checks, then bless it or roll back",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := g.agent(stderr)
+			if err != nil {
+				return err
+			}
+			judged, err := a.Health(cmd.Context(), hNoReboot)
+			if err == nil && !judged {
+				fmt.Fprintln(stdout, "no version on trial")
+			}
+			return err
+		},
+	}
+	healthCmd.Flags().BoolVar(&hNoReboot, "no-reboot", false, "do not reboot after a rollback")
+
+	root.AddCommand(status, check, inst, markGood, rollback, healthCmd)
+	return root
+}
+
+func (g *globals) agent(stderr io.Writer) (*agent.Agent, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
+	}
+	cfg, err := config.Load(g.config)
+	if err != nil {
+		return nil, err
+	}
+	if g.stateDir != "" {
+		cfg.StateDir = g.stateDir
+	}
+	a := &agent.Agent{Config: cfg, Disk: cfg.Disk, Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))}
+	if g.disk != "" {
+		a.Disk, a.ImageMode = g.disk, true
+	}
+	if a.Disk == "" {
+		return nil, errors.New("no disk: set disk in the configuration or pass --disk")
+	}
+	a.Reboot = func() error { return exec.Command("systemctl", "reboot").Run() }
+	// A fault-injection hook for power-cut tests: SIGKILL this process right after the n-th state save.
+	if v := os.Getenv("BASALT_UPDATER_KILL_AT_SAVE"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return nil, fmt.Errorf("BASALT_UPDATER_KILL_AT_SAVE=%q: want a number", v)
+		}
+		saves := 0
+		a.OnSave = func(state.State) {
+			if saves++; saves == n {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		}
+	}
+	return a, nil
+}

@@ -1,0 +1,233 @@
+// Package config reads the updater's configuration, /etc/basalt/updater.yaml: strict YAML (unknown keys
+// are errors), defaults filled in, every problem reported at once with the key it concerns.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/basalt-os/basalt/images"
+)
+
+// DefaultPath is where the updater looks for its configuration.
+const DefaultPath = "/etc/basalt/updater.yaml"
+
+// Config is the updater's configuration.
+type Config struct {
+	// Repository is where updates come from.
+	Repository Repository `yaml:"repository"`
+	// Channel is the release channel this device follows (default "stable").
+	Channel string `yaml:"channel"`
+	// Name is the OS name (the images' name); required.
+	Name string `yaml:"name"`
+	// Arch is the CPU architecture (default: this machine's).
+	Arch string `yaml:"arch"`
+	// Compatible lists the hardware tags this device carries.
+	Compatible []string `yaml:"compatible"`
+	// StateDir holds the state file and the TUF metadata cache (on the state partition).
+	StateDir string `yaml:"stateDir"`
+	// Disk is the block device holding the slots (default /dev/disk/by-... of the root: must be set).
+	Disk string `yaml:"disk"`
+	// ESP is the mount point of the EFI System Partition; empty: edited through Disk.
+	ESP string `yaml:"esp"`
+	// Health lists the checks run after booting a new version.
+	Health Health `yaml:"health"`
+	// Poll sets how often the daemon checks for updates.
+	Poll Poll `yaml:"poll"`
+	// MaintenanceWindow is when the daemon may install and reboot: "HH:MM-HH:MM" in UTC (empty: always).
+	MaintenanceWindow string `yaml:"maintenanceWindow"`
+	// Reboot is what happens after a switch or a rollback: "auto" (default) reboots, "never" leaves it to
+	// the operator.
+	Reboot string `yaml:"reboot"`
+}
+
+// Repository names the TUF repository.
+type Repository struct {
+	// URL is the repository's base URL (metadata/ and targets/ below it).
+	URL string `yaml:"url"`
+	// TrustedRoot is the root.json baked into the image (default /usr/share/basalt/root.json).
+	TrustedRoot string `yaml:"trustedRoot"`
+}
+
+// Health lists health checks and their deadline.
+type Health struct {
+	// Deadline bounds all checks together (default 5m).
+	Deadline Duration `yaml:"deadline"`
+	Checks   []Check  `yaml:"checks"`
+}
+
+// Check is one health check: exactly one of its fields is set.
+type Check struct {
+	// Command runs a program (argv); exit code 0 passes.
+	Command []string `yaml:"command"`
+	// HTTP gets a URL; a 2xx answer passes.
+	HTTP string `yaml:"http"`
+	// File passes when the path exists.
+	File string `yaml:"file"`
+	// Unit passes when the systemd unit is active.
+	Unit string `yaml:"unit"`
+}
+
+// Poll is the daemon's check interval with random jitter added.
+type Poll struct {
+	Interval Duration `yaml:"interval"` // default 6h
+	Jitter   Duration `yaml:"jitter"`   // default 30m
+}
+
+// Duration is a time.Duration in YAML as Go duration text ("90s", "6h").
+type Duration time.Duration
+
+// UnmarshalYAML reads a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration like 90s or 6h", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Load reads and validates the configuration file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if c.Repository.TrustedRoot != "" && !filepath.IsAbs(c.Repository.TrustedRoot) {
+		c.Repository.TrustedRoot = filepath.Join(filepath.Dir(path), c.Repository.TrustedRoot)
+	}
+	return c, nil
+}
+
+// Parse decodes a configuration (one YAML document, unknown keys refused), fills in defaults and
+// validates it.
+func Parse(data []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("config is empty")
+		}
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("parse config: only one YAML document allowed")
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// SetDefaults fills in the defaults of unset fields.
+func (c *Config) SetDefaults() {
+	if c.Channel == "" {
+		c.Channel = "stable"
+	}
+	if c.Arch == "" {
+		c.Arch = map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[runtime.GOARCH]
+	}
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/basalt-updater"
+	}
+	if c.Repository.TrustedRoot == "" {
+		c.Repository.TrustedRoot = "/usr/share/basalt/root.json"
+	}
+	if c.Health.Deadline == 0 {
+		c.Health.Deadline = Duration(5 * time.Minute)
+	}
+	if c.Poll.Interval == 0 {
+		c.Poll.Interval = Duration(6 * time.Hour)
+	}
+	if c.Poll.Jitter == 0 {
+		c.Poll.Jitter = Duration(30 * time.Minute)
+	}
+	if c.Reboot == "" {
+		c.Reboot = "auto"
+	}
+}
+
+var (
+	nameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+	channelRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	windowRE  = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$`)
+)
+
+// Validate reports every problem of the configuration, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if u, err := url.Parse(c.Repository.URL); c.Repository.URL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		bad("repository.url %q: want an http(s) URL", c.Repository.URL)
+	}
+	if !nameRE.MatchString(c.Name) {
+		bad("name %q: want the image name (lowercase letters, digits and '-')", c.Name)
+	}
+	if !channelRE.MatchString(c.Channel) {
+		bad("channel %q: lowercase letters, digits, '.', '_' and '-'", c.Channel)
+	}
+	if _, err := images.RootPartitionType(c.Arch); err != nil {
+		bad("arch: %v", err)
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		bad("stateDir %q: want an absolute path", c.StateDir)
+	}
+	if c.ESP != "" && !filepath.IsAbs(c.ESP) {
+		bad("esp %q: want an absolute path", c.ESP)
+	}
+	if c.MaintenanceWindow != "" && !windowRE.MatchString(c.MaintenanceWindow) {
+		bad("maintenanceWindow %q: want HH:MM-HH:MM (UTC)", c.MaintenanceWindow)
+	}
+	if c.Reboot != "auto" && c.Reboot != "never" {
+		bad("reboot %q: want auto or never", c.Reboot)
+	}
+	for i, ch := range c.Health.Checks {
+		n := 0
+		for _, set := range []bool{len(ch.Command) > 0, ch.HTTP != "", ch.File != "", ch.Unit != ""} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			bad("health.checks[%d]: set exactly one of command, http, file, unit", i)
+		}
+		if ch.HTTP != "" && !strings.HasPrefix(ch.HTTP, "http://") && !strings.HasPrefix(ch.HTTP, "https://") {
+			bad("health.checks[%d].http %q: want an http(s) URL", i, ch.HTTP)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// InWindow reports whether t (taken in UTC) lies in the maintenance window; an empty window is always
+// open. A window like 22:00-02:00 spans midnight.
+func (c *Config) InWindow(t time.Time) bool {
+	if c.MaintenanceWindow == "" {
+		return true
+	}
+	var h1, m1, h2, m2 int
+	fmt.Sscanf(c.MaintenanceWindow, "%d:%d-%d:%d", &h1, &m1, &h2, &m2)
+	t = t.UTC()
+	now, from, to := t.Hour()*60+t.Minute(), h1*60+m1, h2*60+m2
+	if from <= to {
+		return now >= from && now < to
+	}
+	return now >= from || now < to
+}

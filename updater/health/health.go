@@ -1,0 +1,123 @@
+// Package health runs the post-boot health checks of a new version: a command's exit code, an HTTP
+// probe, a file's presence, a systemd unit being active. Checks are retried until they pass or the
+// deadline ends, so services that start slowly get their time.
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"time"
+
+	"github.com/basalt-os/basalt/updater/config"
+)
+
+// ErrUnhealthy is wrapped by Run's error when a check did not pass before the deadline.
+var ErrUnhealthy = errors.New("health check failed")
+
+// Runner runs checks.
+type Runner struct {
+	// Client does the HTTP probes (nil: a client with a 10s timeout).
+	Client *http.Client
+	// Interval is the wait between tries of a failing check (0: 2s).
+	Interval time.Duration
+	// Sleep waits (nil: a timer); tests pass one that returns at once.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// Run runs every check in order, each retried until it passes, all within deadline. It returns nil
+// when all pass, or an error wrapping ErrUnhealthy that names the first check that did not.
+func (r *Runner) Run(ctx context.Context, checks []config.Check, deadline time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	for i, c := range checks {
+		var last error
+		for {
+			if last = r.once(ctx, c); last == nil {
+				break
+			}
+			if err := r.wait(ctx); err != nil {
+				return fmt.Errorf("%w: check %d (%s): %v (deadline %v)", ErrUnhealthy, i, Describe(c), last, deadline)
+			}
+		}
+	}
+	return nil
+}
+
+func (r *Runner) wait(ctx context.Context) error {
+	d := r.Interval
+	if d == 0 {
+		d = 2 * time.Second
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if r.Sleep != nil {
+		return r.Sleep(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Describe names a check for messages.
+func Describe(c config.Check) string {
+	switch {
+	case len(c.Command) > 0:
+		return fmt.Sprintf("command %q", c.Command)
+	case c.HTTP != "":
+		return "http " + c.HTTP
+	case c.File != "":
+		return "file " + c.File
+	case c.Unit != "":
+		return "unit " + c.Unit
+	}
+	return "empty check"
+}
+
+func (r *Runner) once(ctx context.Context, c config.Check) error {
+	switch {
+	case len(c.Command) > 0:
+		out, err := exec.CommandContext(ctx, c.Command[0], c.Command[1:]...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %.200s", err, out)
+		}
+		return nil
+	case c.HTTP != "":
+		client := r.Client
+		if client == nil {
+			client = &http.Client{Timeout: 10 * time.Second}
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.HTTP, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 200 || resp.StatusCode > 299 {
+			return fmt.Errorf("status %s", resp.Status)
+		}
+		return nil
+	case c.File != "":
+		_, err := os.Stat(c.File)
+		return err
+	case c.Unit != "":
+		out, err := exec.CommandContext(ctx, "systemctl", "is-active", "--quiet", c.Unit).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("not active: %v %.200s", err, out)
+		}
+		return nil
+	}
+	return errors.New("empty check")
+}

@@ -1,0 +1,322 @@
+// Package install writes a verified update into the inactive root slot of a Basalt disk and switches to
+// it: a streaming, resumable download of the manifest's payload (every block checked against the signed
+// block index before it is decompressed or written), a read-back check of the slot's dm-verity tree, the
+// slot's GPT partition UUID, and the UKI placed on the ESP under a temporary name and renamed to
+// "<name>_<version>+3.efi" - the one atomic switch.
+//
+// Each step is idempotent, so the caller (the updater's state machine) can repeat the step a power cut
+// interrupted. Errors say what kind of failure they are: ErrDownload (network: try again later),
+// ErrTampered (bytes do not match signed metadata: an attack or corruption), ErrBadRelease (signed bytes
+// that do not decode as indexed), ErrRefused (this install must not happen: active slot, slot too
+// small), and plain I/O errors of the device.
+package install
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+
+	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/images/payload"
+	"github.com/basalt-os/basalt/images/verity"
+)
+
+// Error classes; see the package documentation.
+var (
+	ErrTampered   = errors.New("update does not match its signed metadata")
+	ErrBadRelease = errors.New("signed update is broken")
+	ErrRefused    = errors.New("install refused")
+)
+
+// Installer installs one manifest's update into one slot of a disk.
+type Installer struct {
+	Disk     *Disk
+	Manifest *images.Manifest
+	Fetcher  Fetcher
+	// Slot is the partition to write ("root-a" or "root-b"); Active is the running one. Slot == Active
+	// is refused.
+	Slot, Active string
+	// Workers decompress and hash in parallel (0: all cores).
+	Workers int
+	Retry   Retry
+	// Checkpoint, if set, is called after blocks [0, n) are written, verified and synced: record n to
+	// resume there after a cut.
+	Checkpoint func(n int) error
+	// Progress, if set, is called with the payload bytes done so far and the total.
+	Progress func(done, total int64)
+}
+
+func (in *Installer) check() error {
+	if in.Slot == in.Active || (in.Slot != images.PartRootA && in.Slot != images.PartRootB) {
+		return fmt.Errorf("%w: cannot write slot %q while %q runs", ErrRefused, in.Slot, in.Active)
+	}
+	return nil
+}
+
+// Prune removes the ESP entries of this OS other than the active version's and the one being installed,
+// so that no entry names a root the install is about to overwrite. Call it before WriteSlot.
+func (in *Installer) Prune(activeVersion string) error {
+	entries, err := sdboot.List(in.Disk.ESP)
+	if err != nil {
+		return err
+	}
+	m := in.Manifest
+	for _, e := range entries {
+		if e.Name != m.Name || e.Version == activeVersion || e.Version == m.Version {
+			continue
+		}
+		if err := in.Disk.ESP.Remove(e.Path()); err != nil {
+			return fmt.Errorf("remove stale boot entry %s: %w", e.FileName(), err)
+		}
+	}
+	return nil
+}
+
+// errWrite marks a failure of the local device, which retrying the download cannot fix.
+type errWrite struct{ err error }
+
+func (e *errWrite) Error() string { return e.err.Error() }
+func (e *errWrite) Unwrap() error { return e.err }
+
+// WriteSlot downloads the payload from block first on (0 for a new install, the last checkpoint to
+// resume), checks each block against the manifest's index before decompressing it, and writes it to
+// the slot. A cut or mismatching transfer is retried from the last good block with backoff.
+func (in *Installer) WriteSlot(ctx context.Context, first int) error {
+	if err := in.check(); err != nil {
+		return err
+	}
+	m := in.Manifest
+	ix := &m.Root.Payload.Index
+	slot, err := in.Disk.Partition(in.Slot)
+	if err != nil {
+		return err
+	}
+	if m.Root.Size > slot.Size() {
+		return fmt.Errorf("%w: image of %d bytes does not fit slot %s of %d bytes", ErrRefused, m.Root.Size, in.Slot, slot.Size())
+	}
+	if first < 0 || first > len(ix.Blocks) {
+		return fmt.Errorf("%w: checkpoint %d outside the payload's %d blocks", ErrRefused, first, len(ix.Blocks))
+	}
+	dec, err := payload.NewDecoder(ix, payload.DecoderOptions{Workers: in.Workers})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadRelease, err)
+	}
+	next := first
+	f := in.Disk.File()
+	deliver := func(i int, raw []byte) error {
+		if _, err := f.WriteAt(raw, slot.Start+ix.RawOffset(i)); err != nil {
+			return &errWrite{fmt.Errorf("write block %d to %s: %w", i, in.Slot, err)}
+		}
+		if err := f.Sync(); err != nil {
+			return &errWrite{fmt.Errorf("sync %s: %w", in.Slot, err)}
+		}
+		next = i + 1
+		if in.Checkpoint != nil {
+			if err := in.Checkpoint(next); err != nil {
+				return &errWrite{fmt.Errorf("record checkpoint: %w", err)}
+			}
+		}
+		if in.Progress != nil {
+			in.Progress(ix.Blocks[i].Offset+ix.Blocks[i].Size, ix.Size)
+		}
+		return nil
+	}
+	for attempt := 1; next < len(ix.Blocks); attempt++ {
+		before := next
+		err := in.fetchFrom(ctx, dec, next, deliver)
+		if err == nil {
+			break
+		}
+		var we *errWrite
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.As(err, &we):
+			return err
+		case errors.Is(err, payload.ErrBadBlock):
+			return fmt.Errorf("%w: %w", ErrBadRelease, err)
+		}
+		if next > before {
+			attempt = 1 // progress was made: the network is patchy, not hostile
+		}
+		if attempt >= in.Retry.attempts() {
+			if errors.Is(err, payload.ErrMismatch) {
+				return fmt.Errorf("%w: block %d after %d attempts: %w", ErrTampered, next, attempt, err)
+			}
+			return fmt.Errorf("download payload: %d attempts: %w", attempt, err)
+		}
+		if err := in.Retry.wait(ctx, attempt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (in *Installer) fetchFrom(ctx context.Context, dec *payload.Decoder, first int, deliver func(int, []byte) error) error {
+	ix := &in.Manifest.Root.Payload.Index
+	off := ix.Blocks[first].Offset
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	body, err := in.Fetcher.Fetch(ctx, in.Manifest.Root.Payload.Path, off, ix.Size-off)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if err := dec.Decode(ctx, body, first, deliver); err != nil {
+		var we *errWrite
+		if errors.As(err, &we) || errors.Is(err, payload.ErrMismatch) || errors.Is(err, payload.ErrBadBlock) {
+			return err
+		}
+		return fmt.Errorf("%w: payload from block %d: %w", ErrDownload, first, err)
+	}
+	return nil
+}
+
+// VerifySlot reads the written slot back and checks its dm-verity superblock against the manifest and
+// its whole hash tree against the manifest's root hash (what the kernel will check on every read).
+func (in *Installer) VerifySlot() error {
+	m := in.Manifest
+	slot, err := in.Disk.Partition(in.Slot)
+	if err != nil {
+		return err
+	}
+	if m.Root.Size > slot.Size() {
+		return fmt.Errorf("%w: image does not fit slot %s", ErrRefused, in.Slot)
+	}
+	r := io.NewSectionReader(in.Disk.File(), slot.Start, m.Root.Size)
+	v := m.Root.Verity
+	sb, err := verity.ReadSuperblock(r, v.HashOffset)
+	if err != nil {
+		return fmt.Errorf("%w: slot %s: %w", ErrTampered, in.Slot, err)
+	}
+	salt, err := hex.DecodeString(v.Salt)
+	if err != nil {
+		return fmt.Errorf("%w: manifest verity salt: %w", ErrBadRelease, err)
+	}
+	if sb.Algorithm != v.Algorithm || int(sb.DataBlockSize) != v.DataBlockSize || int(sb.HashBlockSize) != v.HashBlockSize ||
+		int64(sb.DataBlocks) != v.DataBlocks || !bytes.Equal(sb.Salt, salt) {
+		return fmt.Errorf("%w: slot %s: verity superblock differs from the manifest", ErrTampered, in.Slot)
+	}
+	root, _ := hex.DecodeString(v.RootHash)
+	if err := verity.Verify(r, v.HashOffset, v.HashOffset, sb.Params(), root, in.Workers); err != nil {
+		if errors.Is(err, verity.ErrMismatch) {
+			return fmt.Errorf("%w: slot %s: %w", ErrTampered, in.Slot, err)
+		}
+		return fmt.Errorf("verify slot %s: %w", in.Slot, err)
+	}
+	return nil
+}
+
+// SetPartUUID gives the slot the partition UUID the new UKI looks for (the manifest's PartUUID) in both
+// GPT copies, and syncs.
+func (in *Installer) SetPartUUID() error {
+	if err := in.check(); err != nil {
+		return err
+	}
+	slot, err := in.Disk.Partition(in.Slot)
+	if err != nil {
+		return err
+	}
+	d := in.Disk
+	if err := SetPartitionGUID(d.f, d.f, d.size, slot.Number, in.Manifest.Root.PartUUID); err != nil {
+		return err
+	}
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("sync GPT: %w", err)
+	}
+	return nil
+}
+
+// TempEntryName is the ESP path the UKI is written to before the switch; systemd-boot ignores it.
+func TempEntryName(m *images.Manifest) string {
+	return path.Join(sdboot.EntryDir, m.EntryName()+".tmp")
+}
+
+// Switch downloads the UKI, checks its size and sha256 against the manifest, writes it to the ESP under
+// a temporary name, reads it back and checks it again, then renames it to "<name>_<version>+3.efi":
+// from that rename on, the next boot tries the new version. If an entry of this version already exists
+// (a repeated call), nothing is done, unless it has no tries left: then it gets a fresh counter.
+func (in *Installer) Switch(ctx context.Context) error {
+	if err := in.check(); err != nil {
+		return err
+	}
+	m := in.Manifest
+	esp := in.Disk.ESP
+	entries, err := sdboot.List(esp)
+	if err != nil {
+		return err
+	}
+	fresh := sdboot.NewEntry(m.Name, m.Version, sdboot.DefaultTries)
+	if e, ok := sdboot.Find(entries, m.Name, m.Version); ok {
+		if !e.Bad() {
+			return nil
+		}
+		return sdboot.Rename(esp, e, fresh)
+	}
+	uki, err := in.fetchFile(ctx, m.UKI)
+	if err != nil {
+		return err
+	}
+	tmp := TempEntryName(m)
+	if err := esp.WriteFile(tmp, uki, m.Created); err != nil {
+		return fmt.Errorf("write UKI to the ESP: %w", err)
+	}
+	back, err := esp.ReadFile(tmp)
+	if err != nil {
+		return fmt.Errorf("read UKI back from the ESP: %w", err)
+	}
+	if sum := sha256.Sum256(back); hex.EncodeToString(sum[:]) != m.UKI.SHA256 {
+		esp.Remove(tmp)
+		return fmt.Errorf("UKI on the ESP reads back with sha256 %x, want %s", sum, m.UKI.SHA256)
+	}
+	if err := esp.Rename(tmp, fresh.Path()); err != nil {
+		return fmt.Errorf("switch to %s: %w", fresh.FileName(), err)
+	}
+	return nil
+}
+
+// fetchFile downloads a whole file of the update folder and checks its size and sha256, with retries.
+func (in *Installer) fetchFile(ctx context.Context, f images.File) ([]byte, error) {
+	var lastErr error
+	for attempt := 1; attempt <= in.Retry.attempts(); attempt++ {
+		if attempt > 1 {
+			if err := in.Retry.wait(ctx, attempt-1); err != nil {
+				return nil, err
+			}
+		}
+		data, err := in.fetchOnce(ctx, f)
+		if err == nil {
+			return data, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+func (in *Installer) fetchOnce(ctx context.Context, f images.File) ([]byte, error) {
+	body, err := in.Fetcher.Fetch(ctx, f.Path, 0, f.Size)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	data, err := io.ReadAll(body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrDownload, f.Path, err)
+	}
+	if int64(len(data)) != f.Size {
+		return nil, fmt.Errorf("%w: %s: got %d bytes, want %d", ErrDownload, f.Path, len(data), f.Size)
+	}
+	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != f.SHA256 {
+		return nil, fmt.Errorf("%w: %s: sha256 %x, want %s", ErrTampered, f.Path, sum, f.SHA256)
+	}
+	return data, nil
+}

@@ -1,0 +1,137 @@
+package install
+
+import (
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/images/disk"
+)
+
+// OSESP is a mounted ESP (vfat): files are written with fsync, renames are os.Rename within one folder
+// followed by an fsync of the folder.
+type OSESP struct{ sdboot.OSDir }
+
+// ReadFile reads a file of the ESP.
+func (e OSESP) ReadFile(name string) ([]byte, error) {
+	return os.ReadFile(e.path(name))
+}
+
+// WriteFile writes a file of the ESP, creating its folders, syncs it and gives it modTime.
+func (e OSESP) WriteFile(name string, data []byte, modTime time.Time) error {
+	p := e.path(name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(p)
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := os.Chtimes(p, modTime, modTime); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Remove removes a file of the ESP.
+func (e OSESP) Remove(name string) error {
+	err := os.Remove(e.path(name))
+	if errors.Is(err, iofs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func (e OSESP) path(name string) string {
+	return filepath.Join(string(e.OSDir), filepath.FromSlash(name))
+}
+
+// OpenDiskESP opens a block device (or image) whose ESP is mounted and edited through esp.
+func OpenDiskESP(path string, esp ESP) (*Disk, error) {
+	_, parts, err := disk.Read(path)
+	if err != nil {
+		return nil, fmt.Errorf("open disk: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open disk: %w", err)
+	}
+	size, err := f.Seek(0, 2)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open disk: %w", err)
+	}
+	return &Disk{f: f, size: size, parts: parts, ESP: esp}, nil
+}
+
+// LastBooted tells, from the ESP's entries alone, which entry a device booted last: an entry on trial
+// (a counter with tries both used and left) if there is one, otherwise the first blessed entry in
+// systemd-boot's order. Entries that were never tried ("+3") or have no tries left did not come up.
+// This is how a disk image, which has no /proc/cmdline, says what "runs" on it.
+func LastBooted(entries []sdboot.Entry) (sdboot.Entry, bool) {
+	s := append([]sdboot.Entry(nil), entries...)
+	sdboot.Sort(s)
+	for _, e := range s {
+		if e.Counting && e.Left > 0 && e.Done > 0 {
+			return e, true
+		}
+	}
+	for _, e := range s {
+		if e.Blessed() {
+			return e, true
+		}
+	}
+	return sdboot.Entry{}, false
+}
+
+// BootedEntry returns what runs on a disk image (see LastBooted) with the slot its UKI's roothash=
+// names.
+func (d *Disk) BootedEntry(osName string) (*Booted, error) {
+	entries, err := sdboot.List(d.ESP)
+	if err != nil {
+		return nil, err
+	}
+	var mine []sdboot.Entry
+	for _, e := range entries {
+		if e.Name == osName {
+			mine = append(mine, e)
+		}
+	}
+	e, ok := LastBooted(mine)
+	if !ok {
+		return nil, fmt.Errorf("%w: no blessed or tried %s entry on the ESP", ErrNoActiveSlot, osName)
+	}
+	return d.bootedBy(e)
+}
+
+func (d *Disk) bootedBy(e sdboot.Entry) (*Booted, error) {
+	uki, err := d.ESP.ReadFile(e.Path())
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", e.Path(), err)
+	}
+	cmdline, err := UKICmdline(uki)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", e.Path(), err)
+	}
+	b, err := d.ActiveFromCmdline(cmdline)
+	if err != nil {
+		return nil, err
+	}
+	b.Entry = e
+	return b, nil
+}

@@ -1,0 +1,313 @@
+// Package tufclient finds and fetches Basalt updates through TUF (go-tuf v2's metadata/updater): it
+// refreshes the repository's metadata from a trusted root, lists the versions of the device's channel
+// and OS from the targets' custom fields, picks the newest eligible one (architecture, hardware tags,
+// newer than what runs), downloads its manifest as a TUF target, and gives the installer a Fetcher for
+// the UKI and payload targets next to it.
+//
+// Repository conventions (builder/tufrepo writes them): every version is three targets under
+// "<channel>/<name>/<version>/" - manifest.json, the UKI and the payload, at the paths the manifest names -
+// each with a custom field {"channel","name","version","kind"} and, on the manifest, the manifest itself.
+// Target files are served hash-prefixed (consistent snapshots): "<dir>/<sha256>.<file>".
+package tufclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"path"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"github.com/theupdateframework/go-tuf/v2/metadata/fetcher"
+	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
+
+	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/updater/install"
+)
+
+// Error classes, tested with errors.Is.
+var (
+	// ErrRepository: the repository's metadata or a target failed TUF's checks (expired, badly signed,
+	// rolled back, wrong length or hash): treat it as an attack. Wraps go-tuf's error.
+	ErrRepository = errors.New("update repository not trusted")
+	// ErrDownload: the network failed; try again later.
+	ErrDownload = install.ErrDownload
+	// ErrNoUpdate: nothing newer than the running version is eligible.
+	ErrNoUpdate = errors.New("no update available")
+	// ErrDowngrade: the requested version is not newer than the running one.
+	ErrDowngrade = errors.New("downgrade refused")
+	// ErrIncompatible: the version exists but is for another architecture or hardware.
+	ErrIncompatible = errors.New("update not compatible with this device")
+	// ErrNotFound: the requested version is not published in the channel.
+	ErrNotFound = errors.New("version not published")
+)
+
+// Kinds of target (Custom.Kind).
+const (
+	KindManifest = "manifest"
+	KindUKI      = "uki"
+	KindPayload  = "payload"
+)
+
+// Custom is the custom field of a Basalt target.
+type Custom struct {
+	Channel  string           `json:"channel"`
+	Name     string           `json:"name"`
+	Version  string           `json:"version"`
+	Kind     string           `json:"kind"`
+	Manifest *images.Manifest `json:"manifest,omitempty"`
+}
+
+// Config configures a Client.
+type Config struct {
+	// URL is the repository's base: metadata at <URL>/metadata/, targets at <URL>/targets/.
+	URL string
+	// TrustedRoot is the root.json baked into the image.
+	TrustedRoot []byte
+	// CacheDir keeps the trusted metadata between runs (on the state partition).
+	CacheDir string
+	// The device: its channel, OS name, architecture and hardware tags.
+	Channel    string
+	Name       string
+	Arch       string
+	Compatible []string
+	// Client is the HTTP client (nil: a client with 30s timeouts).
+	Client *http.Client
+	// Now, if set, is the reference time for expiry checks (tests).
+	Now func() time.Time
+}
+
+// Client is a refreshed view of the repository.
+type Client struct {
+	cfg        Config
+	up         *updater.Updater
+	targetsURL *url.URL
+}
+
+// New refreshes the metadata (root -> timestamp -> snapshot -> targets, go-tuf's order and checks) and
+// returns a client over the trusted targets.
+func New(cfg Config) (*Client, error) {
+	base, err := url.Parse(cfg.URL)
+	if err != nil || base.Scheme == "" {
+		return nil, fmt.Errorf("repository URL %q is not a URL", cfg.URL)
+	}
+	tc, err := config.New(base.JoinPath("metadata").String(), cfg.TrustedRoot)
+	if err != nil {
+		return nil, fmt.Errorf("tuf config: %w", err)
+	}
+	tu := base.JoinPath("targets")
+	tc.RemoteTargetsURL = tu.String()
+	tc.LocalMetadataDir = filepath.Join(cfg.CacheDir, "metadata")
+	tc.LocalTargetsDir = filepath.Join(cfg.CacheDir, "targets")
+	client := cfg.Client
+	if client == nil {
+		client = &http.Client{Timeout: 30 * time.Second}
+	}
+	f := fetcher.NewDefaultFetcher()
+	f.SetHTTPClient(client)
+	tc.Fetcher = f
+	if err := tc.EnsurePathsExist(); err != nil {
+		return nil, fmt.Errorf("tuf cache: %w", err)
+	}
+	up, err := updater.New(tc)
+	if err != nil {
+		return nil, classify("load trusted root", err)
+	}
+	if cfg.Now != nil {
+		up.UnsafeSetRefTime(cfg.Now())
+	}
+	if err := up.Refresh(); err != nil {
+		return nil, classify("refresh metadata", err)
+	}
+	return &Client{cfg: cfg, up: up, targetsURL: tu}, nil
+}
+
+// classify wraps a go-tuf error with ErrDownload or ErrRepository.
+func classify(what string, err error) error {
+	var dl *metadata.ErrDownload
+	var he *metadata.ErrDownloadHTTP
+	switch {
+	case errors.As(err, &he) && he.StatusCode == 404:
+		return fmt.Errorf("%s: %w: %w", what, ErrRepository, err)
+	case errors.As(err, &dl), errors.As(err, &he):
+		return fmt.Errorf("%s: %w: %w", what, ErrDownload, err)
+	}
+	var ue interface{ Timeout() bool }
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s: %w: %w", what, ErrDownload, err)
+	}
+	return fmt.Errorf("%s: %w: %w", what, ErrRepository, err)
+}
+
+// Release is one published version of the device's OS in its channel.
+type Release struct {
+	Version string
+	// Target is the manifest's target path; Info its trusted target metadata.
+	Target string
+	Info   *metadata.TargetFiles
+	// Manifest is the copy in the custom field (signed with the targets metadata).
+	Manifest *images.Manifest
+}
+
+// Releases lists the versions of the configured channel and name, newest first, whatever their
+// architecture.
+func (c *Client) Releases() []Release {
+	var out []Release
+	for p, t := range c.up.GetTopLevelTargets() {
+		if t == nil || t.Custom == nil {
+			continue
+		}
+		var cu Custom
+		if err := json.Unmarshal(*t.Custom, &cu); err != nil {
+			continue
+		}
+		if cu.Kind != KindManifest || cu.Channel != c.cfg.Channel || cu.Name != c.cfg.Name || cu.Manifest == nil {
+			continue
+		}
+		if images.ValidateVersion(cu.Version) != nil || p != path.Join(cu.Channel, cu.Name, cu.Version, images.ManifestFile) {
+			continue
+		}
+		out = append(out, Release{Version: cu.Version, Target: p, Info: t, Manifest: cu.Manifest})
+	}
+	slices.SortFunc(out, func(a, b Release) int { return images.CompareVersions(b.Version, a.Version) })
+	return out
+}
+
+// eligible says why a release does not fit this device (nil: it fits).
+func (c *Client) eligible(r Release) error {
+	m := r.Manifest
+	if m.Arch != c.cfg.Arch {
+		return fmt.Errorf("%w: %s is for %s, this device is %s", ErrIncompatible, r.Version, m.Arch, c.cfg.Arch)
+	}
+	if len(m.Compatible) > 0 && !slices.ContainsFunc(m.Compatible, func(tag string) bool { return slices.Contains(c.cfg.Compatible, tag) }) {
+		return fmt.Errorf("%w: %s needs hardware %v, this device has %v", ErrIncompatible, r.Version, m.Compatible, c.cfg.Compatible)
+	}
+	return nil
+}
+
+// Check returns the release to install over running: the newest eligible one newer than running, or,
+// if pin is set, exactly that version (still refused when it is not newer: no downgrades). skip lists
+// versions not to pick automatically (those that failed on this device); a pinned version is not
+// skipped.
+func (c *Client) Check(running, pin string, skip []string) (Release, error) {
+	rels := c.Releases()
+	if pin != "" {
+		for _, r := range rels {
+			if r.Version != pin {
+				continue
+			}
+			if images.CompareVersions(pin, running) <= 0 {
+				return Release{}, fmt.Errorf("%w: %s is not newer than the running %s", ErrDowngrade, pin, running)
+			}
+			if err := c.eligible(r); err != nil {
+				return Release{}, err
+			}
+			return r, nil
+		}
+		return Release{}, fmt.Errorf("%w: %s %s in channel %s", ErrNotFound, c.cfg.Name, pin, c.cfg.Channel)
+	}
+	var why error
+	for _, r := range rels {
+		if images.CompareVersions(r.Version, running) <= 0 {
+			break
+		}
+		if slices.Contains(skip, r.Version) {
+			continue
+		}
+		if err := c.eligible(r); err != nil {
+			why = err
+			continue
+		}
+		return r, nil
+	}
+	if why != nil {
+		return Release{}, fmt.Errorf("%w (running %s): %w", ErrNoUpdate, running, why)
+	}
+	return Release{}, fmt.Errorf("%w: running %s, the newest in channel %s", ErrNoUpdate, running, c.cfg.Channel)
+}
+
+// Manifest downloads the release's manifest target through TUF (length and hash checked against the
+// signed targets metadata), parses it and checks it equals the copy in the custom field.
+func (c *Client) Manifest(r Release) (*images.Manifest, error) {
+	info, err := c.up.GetTargetInfo(r.Target)
+	if err != nil {
+		return nil, classify("manifest target "+r.Target, err)
+	}
+	_, data, err := c.up.DownloadTarget(info, filepath.Join(c.cfg.CacheDir, "targets", "manifest.json"), "")
+	if err != nil {
+		return nil, classify("download "+r.Target, err)
+	}
+	m, err := images.ParseManifest(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrRepository, r.Target, err)
+	}
+	a, _ := json.Marshal(m)
+	b, _ := json.Marshal(r.Manifest)
+	if !bytes.Equal(a, b) || m.Name != c.cfg.Name || m.Version != r.Version {
+		return nil, fmt.Errorf("%w: %s differs from the manifest in its target's custom field", ErrRepository, r.Target)
+	}
+	if err := c.eligible(Release{Version: m.Version, Manifest: m}); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Fetcher returns the files of a release's update folder (the UKI and the payload, by the manifest's
+// paths) as ranges of their hash-prefixed target files. It checks that each is a trusted target whose
+// length and sha256 equal the manifest's, so the manifest's per-block checks stand on TUF's signature.
+func (c *Client) Fetcher(r Release, m *images.Manifest, client *http.Client) (*TargetFetcher, error) {
+	files := map[string]string{}
+	for _, f := range []images.File{m.UKI, {Path: m.Root.Payload.Path, Size: m.Root.Payload.Size, SHA256: m.Root.Payload.SHA256}} {
+		tp := path.Join(path.Dir(r.Target), f.Path)
+		info, err := c.up.GetTargetInfo(tp)
+		if err != nil {
+			return nil, classify("target "+tp, err)
+		}
+		if info.Length != f.Size || hex.EncodeToString(info.Hashes["sha256"]) != f.SHA256 {
+			return nil, fmt.Errorf("%w: target %s has length %d and another hash than the manifest says (%d, %s)", ErrRepository, tp, info.Length, f.Size, f.SHA256)
+		}
+		dir, base := path.Split(tp)
+		files[f.Path] = c.targetsURL.JoinPath(dir, f.SHA256+"."+base).String()
+	}
+	if client == nil {
+		client = c.cfg.Client
+	}
+	return &TargetFetcher{files: files, client: client}, nil
+}
+
+// TargetFetcher fetches byte ranges of a release's files from their target URLs. It implements
+// install.Fetcher.
+type TargetFetcher struct {
+	files  map[string]string
+	client *http.Client
+	// ResponseTimeout bounds the wait for response headers (0: 30s).
+	ResponseTimeout time.Duration
+}
+
+// URL returns the target URL of an update-folder file.
+func (f *TargetFetcher) URL(name string) (string, bool) {
+	u, ok := f.files[name]
+	return u, ok
+}
+
+// Fetch requests bytes [off, off+length) of name; the body is cut at length bytes.
+func (f *TargetFetcher) Fetch(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	u, ok := f.files[name]
+	if !ok {
+		return nil, fmt.Errorf("%s is not a file of this release", name)
+	}
+	body, err := install.GetRange(ctx, f.client, f.ResponseTimeout, u, off, length)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", name, err)
+	}
+	return body, nil
+}
