@@ -53,8 +53,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad version", strings.Replace(demoConfig, "1.0.0", "v1.0", 1), "not a semantic version"},
 		{"build metadata", strings.Replace(demoConfig, "1.0.0", "1.0.0+git1", 1), "build metadata"},
 		{"bad name", strings.Replace(demoConfig, "basalt-demo", "Basalt_Demo", 1), "name \"Basalt_Demo\""},
-		{"bad size", strings.Replace(demoConfig, "2GiB", "2 gigs", 1), "line 16: invalid size"},
-		{"too small disk", strings.Replace(demoConfig, "2GiB", "600MiB", 1), "too small"},
+		{"bad size", strings.Replace(demoConfig, "2GiB", "2 gigs", 1), "line 14: invalid size"},
+		{"too small disk", strings.Replace(demoConfig, "2GiB", "560MiB", 1), "too small"},
 		{"bad arch", strings.Replace(demoConfig, "x86_64", "mips", 1), "unsupported architecture"},
 		{"bad compression", demoConfig + "payload:\n  compression: lz4\n", "want xz or zstd"},
 		{"relative initrd path", strings.Replace(demoConfig, "- /bin/busybox", "- bin/busybox", 1), "initrd.files[0]"},
@@ -76,8 +76,8 @@ func TestLoadConfigNamesFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := LoadConfig(p)
-	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "line 17") {
-		t.Fatalf("error = %v, want the file name and line 17", err)
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "line 15") {
+		t.Fatalf("error = %v, want the file name and line 15", err)
 	}
 	if err := os.WriteFile(p, []byte(demoConfig), 0o644); err != nil {
 		t.Fatal(err)

@@ -23,7 +23,8 @@ import (
 	"github.com/basalt-os/basalt/updater/tufclient"
 )
 
-// Fixtures built once: a v1 factory disk and a TUF repository with v2 in channel stable.
+// Fixtures built once: a v1 factory disk and a TUF repository (basalt keys init, repo init, publish)
+// with v2 in channel stable.
 var fx struct {
 	v1Disk string
 	v2     *images.Manifest
@@ -66,7 +67,7 @@ func setup(dir string) error {
 		return err
 	}
 	fx.v2 = m
-	if fx.repo, err = testfix.NewRepo(filepath.Join(dir, "repo"), 3); err != nil {
+	if fx.repo, err = testfix.NewRepo(basalt, dir); err != nil {
 		return err
 	}
 	return fx.repo.PublishDir("stable", v2Dir)
@@ -87,7 +88,8 @@ func newAgent(t *testing.T) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Agent{Config: cfg, Disk: disk, ImageMode: true, Now: func() time.Time { return testfix.Epoch.Add(time.Hour) },
+	// The repository's metadata expiries count from the real clock: the agent reads it (Now nil).
+	return &Agent{Config: cfg, Disk: disk, ImageMode: true,
 		Retry: install.Retry{Attempts: 2, Sleep: func(context.Context, time.Duration) error { return nil }}}
 }
 

@@ -24,9 +24,29 @@ import (
 
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/images/payload"
+	"github.com/basalt-os/basalt/updater/internal/testfix"
 )
 
 var t0 = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+
+// basalt is the builder's CLI, built once for the test binary: the repositories under test come from
+// `basalt keys init`, `basalt repo init` and `basalt publish`.
+var basalt string
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		dir, err := os.MkdirTemp("", "basalt-tufclient-test")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		if basalt, err = testfix.BuildBasalt(dir); err != nil {
+			os.Stderr.WriteString("fixtures: " + err.Error() + "\n")
+			return 1
+		}
+		return m.Run()
+	}())
+}
 
 // release is one version in the test repository.
 type release struct {
@@ -71,127 +91,35 @@ func update(t *testing.T, r release) (m *images.Manifest, files map[string][]byt
 	return m, map[string][]byte{images.ManifestFile: mj, m.UKI.Path: uki, m.Root.Payload.Path: pl.Bytes()}
 }
 
-// repo writes a TUF repository in builder/tufrepo's layout (consistent snapshots, hash-prefixed target
-// files, Basalt custom fields) with go-tuf's metadata API, one ed25519 key for all roles.
-type repo struct {
-	dir     string
-	signer  signature.Signer
-	key     *metadata.Key
-	root    []byte
-	targets *metadata.Metadata[metadata.TargetsType]
-	version int64
-	expires time.Time
-}
-
-func newRepo(t *testing.T) *repo {
+// newRepo makes a repository with the real tools (metadata expiries count from the real clock; the
+// timestamp lives 24 hours).
+func newRepo(t *testing.T) *testfix.Repo {
 	t.Helper()
-	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
-	signer, err := signature.LoadSigner(priv, crypto.Hash(0))
+	r, err := testfix.NewRepo(basalt, t.TempDir(), "--expires-timestamp", "24h")
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := metadata.KeyFromPublicKey(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &repo{dir: t.TempDir(), signer: signer, key: key, expires: t0.Add(24 * time.Hour)}
-	root := metadata.Root(t0.Add(365 * 24 * time.Hour))
-	for _, role := range []string{metadata.ROOT, metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {
-		if err := root.Signed.AddKey(key, role); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := root.Sign(signer); err != nil {
-		t.Fatal(err)
-	}
-	if r.root, err = root.ToBytes(true); err != nil {
-		t.Fatal(err)
-	}
-	r.write(t, "metadata/1.root.json", r.root)
-	r.targets = metadata.Targets(t0.Add(90 * 24 * time.Hour))
 	return r
 }
 
-func (r *repo) write(t *testing.T, name string, data []byte) {
-	t.Helper()
-	p := filepath.Join(r.dir, filepath.FromSlash(name))
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// publish adds a release's three targets and commits new targets, snapshot and timestamp.
-func (r *repo) publish(t *testing.T, rel release, tweak func(m *images.Manifest, files map[string][]byte)) *images.Manifest {
+// publish writes a release's update folder and publishes it with `basalt publish`.
+func publish(t *testing.T, r *testfix.Repo, rel release) *images.Manifest {
 	t.Helper()
 	m, files := update(t, rel)
-	if tweak != nil {
-		tweak(m, files)
+	if err := r.PublishFiles(rel.channel, files); err != nil {
+		t.Fatal(err)
 	}
-	dir := path.Join(rel.channel, "basalt", rel.version)
-	for name, data := range files {
-		kind := KindUKI
-		var man *images.Manifest
-		switch name {
-		case images.ManifestFile:
-			kind, man = KindManifest, m
-		case m.Root.Payload.Path:
-			kind = KindPayload
-		}
-		tp := dir + "/" + name
-		tf, err := metadata.TargetFile().FromBytes(tp, data, "sha256")
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, _ := json.Marshal(Custom{Channel: rel.channel, Name: "basalt", Version: rel.version, Kind: kind, Manifest: man})
-		rm := json.RawMessage(c)
-		tf.Custom = &rm
-		r.targets.Signed.Targets[tp] = tf
-		sum := sha256.Sum256(data)
-		r.write(t, "targets/"+dir+"/"+hex.EncodeToString(sum[:])+"."+name, data)
-	}
-	r.commit(t)
 	return m
 }
 
-func (r *repo) commit(t *testing.T) {
-	t.Helper()
-	r.version++
-	r.targets.Signed.Version = r.version
-	r.targets.Signatures = nil
-	if _, err := r.targets.Sign(r.signer); err != nil {
-		t.Fatal(err)
-	}
-	tb, _ := r.targets.ToBytes(true)
-	r.write(t, fmt.Sprintf("metadata/%d.targets.json", r.version), tb)
-	snap := metadata.Snapshot(r.expires)
-	snap.Signed.Version = r.version
-	snap.Signed.Meta["targets.json"] = metadata.MetaFile(r.version)
-	if _, err := snap.Sign(r.signer); err != nil {
-		t.Fatal(err)
-	}
-	sb, _ := snap.ToBytes(true)
-	r.write(t, fmt.Sprintf("metadata/%d.snapshot.json", r.version), sb)
-	ts := metadata.Timestamp(r.expires)
-	ts.Signed.Version = r.version
-	ts.Signed.Meta["snapshot.json"] = metadata.MetaFile(r.version)
-	if _, err := ts.Sign(r.signer); err != nil {
-		t.Fatal(err)
-	}
-	b, _ := ts.ToBytes(true)
-	r.write(t, "metadata/timestamp.json", b)
-}
-
-func (r *repo) serve(t *testing.T) string {
-	srv := httptest.NewServer(http.FileServer(http.Dir(r.dir)))
+func serve(t *testing.T, dir string) string {
+	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
 	t.Cleanup(srv.Close)
 	return srv.URL
 }
 
-func (r *repo) client(t *testing.T, url string, now time.Time, mod func(*Config)) (*Client, error) {
-	cfg := Config{URL: url, TrustedRoot: r.root, CacheDir: t.TempDir(), Channel: "stable", Name: "basalt", Arch: "x86_64",
+func client(t *testing.T, root []byte, url string, now time.Time, mod func(*Config)) (*Client, error) {
+	cfg := Config{URL: url, TrustedRoot: root, CacheDir: t.TempDir(), Channel: "stable", Name: "basalt", Arch: "x86_64",
 		Compatible: []string{"board-a"}, Now: func() time.Time { return now }}
 	if mod != nil {
 		mod(&cfg)
@@ -201,13 +129,14 @@ func (r *repo) client(t *testing.T, url string, now time.Time, mod func(*Config)
 
 func TestCheckAndFetch(t *testing.T) {
 	r := newRepo(t)
-	r.publish(t, release{channel: "stable", version: "1.0.0"}, nil)
-	r.publish(t, release{channel: "stable", version: "1.1.0"}, nil)
-	r.publish(t, release{channel: "stable", version: "1.2.0", arch: "aarch64"}, nil)
-	r.publish(t, release{channel: "stable", version: "1.3.0", compatible: []string{"board-b"}}, nil)
-	r.publish(t, release{channel: "beta", version: "2.0.0"}, nil)
-	url := r.serve(t)
-	c, err := r.client(t, url, t0.Add(time.Hour), nil)
+	publish(t, r, release{channel: "stable", version: "1.0.0"})
+	publish(t, r, release{channel: "stable", version: "1.1.0"})
+	publish(t, r, release{channel: "stable", version: "1.2.0", arch: "aarch64"})
+	publish(t, r, release{channel: "stable", version: "1.3.0", compatible: []string{"board-b"}})
+	publish(t, r, release{channel: "beta", version: "2.0.0"})
+	url := serve(t, r.Dir)
+	now := time.Now()
+	c, err := client(t, r.Root, url, now.Add(time.Hour), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,28 +203,29 @@ func TestCheckAndFetch(t *testing.T) {
 		t.Errorf("payload block 1 via range: %v", err)
 	}
 	// The cache persists: a second client starts from it.
-	if _, err := r.client(t, url, t0.Add(time.Hour), func(c *Config) { c.CacheDir = filepath.Dir(c.CacheDir) }); err != nil {
+	if _, err := client(t, r.Root, url, now.Add(time.Hour), func(c *Config) { c.CacheDir = filepath.Dir(c.CacheDir) }); err != nil {
 		t.Errorf("second client: %v", err)
 	}
 }
 
 func TestAttacks(t *testing.T) {
 	r := newRepo(t)
-	r.publish(t, release{channel: "stable", version: "1.1.0"}, nil)
-	url := r.serve(t)
+	publish(t, r, release{channel: "stable", version: "1.1.0"})
+	url := serve(t, r.Dir)
+	now := time.Now()
 	// Expired timestamp.
-	if _, err := r.client(t, url, t0.Add(48*time.Hour), nil); !errors.Is(err, ErrRepository) {
+	if _, err := client(t, r.Root, url, now.Add(48*time.Hour), nil); !errors.Is(err, ErrRepository) {
 		t.Errorf("expired timestamp: %v", err)
 	}
 	// Unreachable.
-	if _, err := r.client(t, "http://127.0.0.1:1", t0, nil); !errors.Is(err, ErrDownload) {
+	if _, err := client(t, r.Root, "http://127.0.0.1:1", now, nil); !errors.Is(err, ErrDownload) {
 		t.Errorf("unreachable: %v", err)
 	}
 	// A trusted root that is not a root.
-	if _, err := r.client(t, url, t0, func(c *Config) { c.TrustedRoot = []byte("{}") }); !errors.Is(err, ErrRepository) {
+	if _, err := client(t, r.Root, url, now, func(c *Config) { c.TrustedRoot = []byte("{}") }); !errors.Is(err, ErrRepository) {
 		t.Errorf("garbage trusted root: %v", err)
 	}
-	c, err := r.client(t, url, t0.Add(time.Hour), nil)
+	c, err := client(t, r.Root, url, now.Add(time.Hour), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +236,7 @@ func TestAttacks(t *testing.T) {
 	// The manifest file on the server altered after signing: TUF refuses it.
 	tp := rel.Info
 	sum := hex.EncodeToString(tp.Hashes["sha256"])
-	mf := filepath.Join(r.dir, "targets/stable/basalt/1.1.0", sum+".manifest.json")
+	mf := filepath.Join(r.Dir, "targets/stable/basalt/1.1.0", sum+".manifest.json")
 	data, _ := os.ReadFile(mf)
 	os.WriteFile(mf, bytes.Replace(data, []byte(`"1.1.0"`), []byte(`"1.1.1"`), 1), 0o644)
 	if _, err := c.Manifest(rel); !errors.Is(err, ErrRepository) {
@@ -318,8 +248,122 @@ func TestAttacks(t *testing.T) {
 	}
 }
 
+// handRepo writes a TUF repository in builder/tufrepo's layout (consistent snapshots, hash-prefixed
+// target files, Basalt custom fields) with go-tuf's metadata API, one ed25519 key for all roles. Only
+// for what `basalt publish` cannot make: a targets custom field that differs from the signed manifest.
+type handRepo struct {
+	dir     string
+	signer  signature.Signer
+	key     *metadata.Key
+	root    []byte
+	targets *metadata.Metadata[metadata.TargetsType]
+	version int64
+	expires time.Time
+}
+
+func newHandRepo(t *testing.T) *handRepo {
+	t.Helper()
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
+	signer, err := signature.LoadSigner(priv, crypto.Hash(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := metadata.KeyFromPublicKey(priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &handRepo{dir: t.TempDir(), signer: signer, key: key, expires: t0.Add(24 * time.Hour)}
+	root := metadata.Root(t0.Add(365 * 24 * time.Hour))
+	for _, role := range []string{metadata.ROOT, metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {
+		if err := root.Signed.AddKey(key, role); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := root.Sign(signer); err != nil {
+		t.Fatal(err)
+	}
+	if r.root, err = root.ToBytes(true); err != nil {
+		t.Fatal(err)
+	}
+	r.write(t, "metadata/1.root.json", r.root)
+	r.targets = metadata.Targets(t0.Add(90 * 24 * time.Hour))
+	return r
+}
+
+func (r *handRepo) write(t *testing.T, name string, data []byte) {
+	t.Helper()
+	p := filepath.Join(r.dir, filepath.FromSlash(name))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// publish adds a release's three targets and commits new targets, snapshot and timestamp.
+func (r *handRepo) publish(t *testing.T, rel release, tweak func(m *images.Manifest, files map[string][]byte)) *images.Manifest {
+	t.Helper()
+	m, files := update(t, rel)
+	if tweak != nil {
+		tweak(m, files)
+	}
+	dir := path.Join(rel.channel, "basalt", rel.version)
+	for name, data := range files {
+		kind := KindUKI
+		var man *images.Manifest
+		switch name {
+		case images.ManifestFile:
+			kind, man = KindManifest, m
+		case m.Root.Payload.Path:
+			kind = KindPayload
+		}
+		tp := dir + "/" + name
+		tf, err := metadata.TargetFile().FromBytes(tp, data, "sha256")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := json.Marshal(Custom{Channel: rel.channel, Name: "basalt", Version: rel.version, Kind: kind, Manifest: man})
+		rm := json.RawMessage(c)
+		tf.Custom = &rm
+		r.targets.Signed.Targets[tp] = tf
+		sum := sha256.Sum256(data)
+		r.write(t, "targets/"+dir+"/"+hex.EncodeToString(sum[:])+"."+name, data)
+	}
+	r.commit(t)
+	return m
+}
+
+func (r *handRepo) commit(t *testing.T) {
+	t.Helper()
+	r.version++
+	r.targets.Signed.Version = r.version
+	r.targets.Signatures = nil
+	if _, err := r.targets.Sign(r.signer); err != nil {
+		t.Fatal(err)
+	}
+	tb, _ := r.targets.ToBytes(true)
+	r.write(t, fmt.Sprintf("metadata/%d.targets.json", r.version), tb)
+	snap := metadata.Snapshot(r.expires)
+	snap.Signed.Version = r.version
+	snap.Signed.Meta["targets.json"] = metadata.MetaFile(r.version)
+	if _, err := snap.Sign(r.signer); err != nil {
+		t.Fatal(err)
+	}
+	sb, _ := snap.ToBytes(true)
+	r.write(t, fmt.Sprintf("metadata/%d.snapshot.json", r.version), sb)
+	ts := metadata.Timestamp(r.expires)
+	ts.Signed.Version = r.version
+	ts.Signed.Meta["snapshot.json"] = metadata.MetaFile(r.version)
+	if _, err := ts.Sign(r.signer); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := ts.ToBytes(true)
+	r.write(t, "metadata/timestamp.json", b)
+}
+
 func TestCustomMismatch(t *testing.T) {
-	r := newRepo(t)
+	r := newHandRepo(t)
 	// The custom field's manifest says one payload, the signed manifest file another.
 	r.publish(t, release{channel: "stable", version: "1.1.0"}, func(m *images.Manifest, files map[string][]byte) {
 		m2 := *m
@@ -327,7 +371,7 @@ func TestCustomMismatch(t *testing.T) {
 		b, _ := m2.Marshal()
 		files[images.ManifestFile] = b
 	})
-	c, err := r.client(t, r.serve(t), t0.Add(time.Hour), nil)
+	c, err := client(t, r.root, serve(t, r.dir), t0.Add(time.Hour), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/updater/agent"
@@ -71,11 +70,10 @@ func setup(dir string) error {
 		return err
 	}
 	fx.v2 = m
-	// The repository's metadata must be valid now: the CLI reads the real clock.
-	if fx.repo, err = testfix.NewRepo(filepath.Join(dir, "repo"), 5); err != nil {
+	// basalt repo init and publish sign with expiries from the real clock, which the CLI reads too.
+	if fx.repo, err = testfix.NewRepo(basalt, dir); err != nil {
 		return err
 	}
-	fx.repo.Expires = time.Now().Add(7 * 24 * time.Hour)
 	if err := fx.repo.PublishDir("stable", v1Dir); err != nil {
 		return err
 	}

@@ -1,25 +1,18 @@
 // Package testfix builds test fixtures for the updater's tests with the real tools: disk images and
-// update folders from `basalt build` on a small generated rootfs, and a TUF repository in
-// builder/tufrepo's layout (consistent snapshots, hash-prefixed targets, Basalt custom fields) written
-// with go-tuf's metadata API.
+// update folders from `basalt build` on a small generated rootfs, and TUF repositories from
+// `basalt keys init`, `basalt repo init` and `basalt publish`. The updater never imports the builder:
+// the fixtures drive the `basalt` binary, built once per test binary with BuildBasalt.
 package testfix
 
 import (
 	"bytes"
-	"crypto"
-	"crypto/ed25519"
 	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
+	"strings"
 	"time"
-
-	"github.com/sigstore/sigstore/pkg/signature"
-	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/basalt-os/basalt/images"
 )
@@ -102,150 +95,71 @@ func Build(basalt, rootfs, dir, name, version string) (diskPath, updateDir strin
 	return filepath.Join(out, "disk.raw"), updateDir, m, err
 }
 
-// Repo is a TUF repository folder; serve it with http.FileServer(http.Dir(Repo.Dir)).
+// Repo is a TUF repository made by the real tools: `basalt keys init` and `basalt repo init`, filled
+// by `basalt publish`. Serve Dir (its metadata/ and targets/ folders, as builder/tufrepo.Handler
+// does) with http.FileServer(http.Dir(Repo.Dir)) on 127.0.0.1. Its metadata expiries count from the
+// real clock.
 type Repo struct {
+	// Dir is the repository folder; the keys are beside it, never served.
 	Dir string
-	// Root is 1.root.json: the device's trusted root.
-	Root    []byte
-	signer  signature.Signer
-	targets *metadata.Metadata[metadata.TargetsType]
-	version int64
-	// Expires is the expiry of new targets, snapshot and timestamp metadata.
-	Expires time.Time
+	// Keys is the key folder.
+	Keys string
+	// Root is metadata/1.root.json: the device's trusted root.
+	Root   []byte
+	basalt string
 }
 
-// NewRepo creates a repository in dir with one ed25519 key (from seed) for every role.
-func NewRepo(dir string, seed byte) (*Repo, error) {
-	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, 32))
-	signer, err := signature.LoadSigner(priv, crypto.Hash(0))
-	if err != nil {
+// NewRepo runs `basalt keys init` (ed25519 TUF keys, one root key, an ECDSA PCR-policy key) into
+// <dir>/keys and `basalt repo init` into <dir>/repo. initArgs are extra flags for repo init, such as
+// "--expires-timestamp", "24h".
+func NewRepo(basalt, dir string, initArgs ...string) (*Repo, error) {
+	r := &Repo{Dir: filepath.Join(dir, "repo"), Keys: filepath.Join(dir, "keys"), basalt: basalt}
+	if err := run(basalt, "keys", "init", "--dir", r.Keys, "--algorithm", "ed25519", "--pcr-algorithm", "ecdsa-p256"); err != nil {
 		return nil, err
 	}
-	key, err := metadata.KeyFromPublicKey(priv.Public())
-	if err != nil {
+	if err := run(basalt, append([]string{"repo", "init", "--repo", r.Dir, "--keys", r.Keys}, initArgs...)...); err != nil {
 		return nil, err
 	}
-	r := &Repo{Dir: dir, signer: signer, Expires: Epoch.Add(30 * 24 * time.Hour)}
-	root := metadata.Root(Epoch.Add(10 * 365 * 24 * time.Hour))
-	for _, role := range []string{metadata.ROOT, metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {
-		if err := root.Signed.AddKey(key, role); err != nil {
-			return nil, err
-		}
+	var err error
+	if r.Root, err = os.ReadFile(filepath.Join(r.Dir, "metadata", "1.root.json")); err != nil {
+		return nil, fmt.Errorf("read trusted root: %w", err)
 	}
-	if _, err := root.Sign(signer); err != nil {
-		return nil, err
-	}
-	if r.Root, err = root.ToBytes(true); err != nil {
-		return nil, err
-	}
-	if err := r.write("metadata/1.root.json", r.Root); err != nil {
-		return nil, err
-	}
-	r.targets = metadata.Targets(Epoch.Add(90 * 24 * time.Hour))
 	return r, nil
 }
 
-func (r *Repo) write(name string, data []byte) error {
-	p := filepath.Join(r.Dir, filepath.FromSlash(name))
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(p, data, 0o644)
-}
-
-// PublishDir publishes an update folder (manifest.json and the files it names) into channel.
+// PublishDir runs `basalt publish` for an update folder (manifest.json and the files it names) into
+// channel.
 func (r *Repo) PublishDir(channel, updateDir string) error {
-	raw, err := os.ReadFile(filepath.Join(updateDir, images.ManifestFile))
-	if err != nil {
-		return err
-	}
-	m, err := images.ParseManifest(raw)
-	if err != nil {
-		return err
-	}
-	files := map[string][]byte{images.ManifestFile: raw}
-	for _, p := range []string{m.UKI.Path, m.Root.Payload.Path} {
-		if files[p], err = os.ReadFile(filepath.Join(updateDir, filepath.FromSlash(p))); err != nil {
-			return err
-		}
-	}
-	return r.Publish(channel, m, files)
+	return run(r.basalt, "publish", "--repo", r.Dir, "--keys", r.Keys, "--channel", channel, updateDir)
 }
 
-// Publish adds a version's targets (files by update-folder path; m is the copy for the custom field)
-// and commits new targets, snapshot and timestamp metadata.
-func (r *Repo) Publish(channel string, m *images.Manifest, files map[string][]byte) error {
-	dir := path.Join(channel, m.Name, m.Version)
+// PublishFiles writes an update folder (files by name: manifest.json, the UKI, the payload) into a
+// temporary folder beside the repository and publishes it with PublishDir.
+func (r *Repo) PublishFiles(channel string, files map[string][]byte) error {
+	dir, err := os.MkdirTemp(filepath.Dir(r.Dir), "update-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
 	for name, data := range files {
-		kind := "uki"
-		var man *images.Manifest
-		switch name {
-		case images.ManifestFile:
-			kind, man = "manifest", m
-		case m.Root.Payload.Path:
-			kind = "payload"
+		if !filepath.IsLocal(name) {
+			return fmt.Errorf("update file %q: not a local path", name)
 		}
-		tp := dir + "/" + name
-		tf, err := metadata.TargetFile().FromBytes(tp, data, "sha256")
-		if err != nil {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
 		}
-		c, err := json.Marshal(map[string]any{"channel": channel, "name": m.Name, "version": m.Version, "kind": kind, "manifest": man})
-		if err != nil {
-			return err
-		}
-		if man == nil {
-			c, _ = json.Marshal(map[string]any{"channel": channel, "name": m.Name, "version": m.Version, "kind": kind})
-		}
-		rm := json.RawMessage(c)
-		tf.Custom = &rm
-		r.targets.Signed.Targets[tp] = tf
-		sum := sha256.Sum256(data)
-		if err := r.write("targets/"+path.Dir(tp)+"/"+hex.EncodeToString(sum[:])+"."+path.Base(tp), data); err != nil {
+		if err := os.WriteFile(p, data, 0o644); err != nil {
 			return err
 		}
 	}
-	return r.Commit()
+	return r.PublishDir(channel, dir)
 }
 
-// Commit signs and writes new targets, snapshot and timestamp metadata (timestamp last).
-func (r *Repo) Commit() error {
-	r.version++
-	r.targets.Signed.Version = r.version
-	r.targets.Signed.Expires = r.Expires
-	r.targets.Signatures = nil
-	if _, err := r.targets.Sign(r.signer); err != nil {
-		return err
-	}
-	tb, err := r.targets.ToBytes(true)
+func run(basalt string, args ...string) error {
+	out, err := exec.Command(basalt, append([]string{"--log-level", "warn"}, args...)...).CombinedOutput()
 	if err != nil {
-		return err
+		return fmt.Errorf("basalt %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	if err := r.write(fmt.Sprintf("metadata/%d.targets.json", r.version), tb); err != nil {
-		return err
-	}
-	snap := metadata.Snapshot(r.Expires)
-	snap.Signed.Version = r.version
-	snap.Signed.Meta["targets.json"] = metadata.MetaFile(r.version)
-	if _, err := snap.Sign(r.signer); err != nil {
-		return err
-	}
-	sb, err := snap.ToBytes(true)
-	if err != nil {
-		return err
-	}
-	if err := r.write(fmt.Sprintf("metadata/%d.snapshot.json", r.version), sb); err != nil {
-		return err
-	}
-	ts := metadata.Timestamp(r.Expires)
-	ts.Signed.Version = r.version
-	ts.Signed.Meta["snapshot.json"] = metadata.MetaFile(r.version)
-	if _, err := ts.Sign(r.signer); err != nil {
-		return err
-	}
-	b, err := ts.ToBytes(true)
-	if err != nil {
-		return err
-	}
-	return r.write("metadata/timestamp.json", b)
+	return nil
 }
