@@ -142,7 +142,7 @@ func (b *builder) osRelease(tree *rootfs.Tree) ([]byte, error) {
 func (b *builder) buildInitrd(tree *rootfs.Tree) ([]byte, error) {
 	a := initrd.New(b.created)
 	for _, f := range b.Config.Initrd.Files {
-		hdr, err := tree.Lookup(f.Src)
+		hdr, err := tree.Stat(f.Src)
 		if err != nil {
 			return nil, fmt.Errorf("%s: initrd file %s: %w", b.Config.Source, f.Src, err)
 		}

@@ -72,6 +72,9 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("output folder: %w", err)
 	}
+	if err := checkReplaceable(out); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return nil, fmt.Errorf("output folder: %w", err)
 	}
@@ -233,6 +236,24 @@ func firstErr(errs ...error) error {
 	for _, e := range errs {
 		if e != nil {
 			return e
+		}
+	}
+	return nil
+}
+
+// checkReplaceable refuses an output folder that holds anything but an earlier build's output, so that
+// `--out .` or `--out ~` cannot delete a user's files when the build replaces the folder.
+func checkReplaceable(out string) error {
+	ents, err := os.ReadDir(out)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("output folder %s: %w", out, err)
+	}
+	for _, e := range ents {
+		if e.Name() != DiskFile && e.Name() != UpdateDir {
+			return fmt.Errorf("output folder %s holds %s, which a build did not write: choose an empty or new folder (the build replaces it)", out, e.Name())
 		}
 	}
 	return nil

@@ -68,6 +68,9 @@ func makeRootfs(t testing.TB, dir string) {
 	if err := os.Symlink("../bin/tool", filepath.Join(dir, "etc/tool-link")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Symlink("tool", filepath.Join(dir, "bin/tool-sym")); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Link(filepath.Join(dir, "bin/tool"), filepath.Join(dir, "bin/tool2")); err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +101,7 @@ func write(t testing.TB, p string, data []byte, mode os.FileMode) {
 func config(t testing.TB, dir, rootfs string) *images.Config {
 	t.Helper()
 	yaml := "name: test-os\nversion: 1.0.0\nrootfs:\n  dir: " + rootfs + "\nkernel:\n  cmdline: console=ttyS0\n" +
-		"initrd:\n  files: [/bin/tool, {src: /etc/os-release, dst: /etc/initrd-release}]\n" +
+		"initrd:\n  files: [/bin/tool, {src: /bin/tool-sym, dst: /init}, {src: /etc/os-release, dst: /etc/initrd-release}]\n" +
 		"disk:\n  size: 256MiB\n  esp: 64MiB\n  root: 64MiB\npayload:\n  compression: zstd\n  blockSize: 256KiB\n"
 	p := filepath.Join(dir, "img.yaml")
 	write(t, p, []byte(yaml), 0o644)
@@ -407,4 +410,22 @@ func TestBuildBadRootfsInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestBuildRefusesToReplaceForeignFolder(t *testing.T) {
+	tmp := t.TempDir()
+	rootfs := filepath.Join(tmp, "rootfs")
+	makeRootfs(t, rootfs)
+	out := filepath.Join(tmp, "home")
+	write(t, filepath.Join(out, "precious.txt"), []byte("mine"), 0o644)
+	_, err := build.Build(context.Background(), build.Options{Config: config(t, tmp, rootfs), OutDir: out})
+	if err == nil || !strings.Contains(err.Error(), "precious.txt") {
+		t.Fatalf("error = %v, want a refusal naming precious.txt", err)
+	}
+	if data, err := os.ReadFile(filepath.Join(out, "precious.txt")); err != nil || string(data) != "mine" {
+		t.Errorf("precious.txt = %q, %v", data, err)
+	}
+	// An earlier build's output is replaced.
+	doBuild(t, config(t, tmp, rootfs), filepath.Join(tmp, "out"))
+	doBuild(t, config(t, tmp, rootfs), filepath.Join(tmp, "out"))
 }

@@ -62,3 +62,13 @@ func typeName(e entry) string {
 	}
 	return "special file"
 }
+
+// Stat returns the header of the entry at name with symlinks resolved inside the tree, as Open resolves
+// them (like stat, where Lookup is like lstat). The result is a copy.
+func (t *Tree) Stat(name string) (*tar.Header, error) {
+	i, err := t.resolve(name, true)
+	if err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: err}
+	}
+	return t.entries[i].header(), nil
+}
