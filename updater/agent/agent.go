@@ -269,6 +269,9 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 	if s.st.Phase == state.Switched || s.st.Phase == state.Trying {
 		return nil, fmt.Errorf("%w: %s is %s; reboot, mark it good or roll back first", ErrPending, s.st.Target, s.st.Phase)
 	}
+	if err := a.canInstall(s); err != nil {
+		return nil, err
+	}
 	c, err := a.client()
 	if err != nil {
 		return nil, err
@@ -342,6 +345,31 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 		return res, a.Reboot()
 	}
 	return res, nil
+}
+
+// ErrNotBlessed is returned by Install when the running version is not a known-good one (its entry is
+// on trial or marked bad, or the state's good version is another one): installing now would overwrite
+// the other slot, which holds the only good version. Reboot into the good version first.
+var ErrNotBlessed = errors.New("the running version is not known good; reboot first")
+
+// canInstall refuses an install unless the running entry is blessed and, after a rollback or a failed
+// update, the running version is the state's good one.
+func (a *Agent) canInstall(s *session) error {
+	entries, err := sdboot.List(s.disk.ESP)
+	if err != nil {
+		return err
+	}
+	e, ok := sdboot.Find(entries, a.Config.Name, s.version)
+	if !ok {
+		return fmt.Errorf("%w: no boot entry for the running version %s", ErrNotBlessed, s.version)
+	}
+	if !e.Blessed() {
+		return fmt.Errorf("%w: running %s from entry %s", ErrNotBlessed, s.version, e.FileName())
+	}
+	if (s.st.Phase == state.RolledBack || s.st.Phase == state.Failed) && s.st.Current != "" && s.version != s.st.Current {
+		return fmt.Errorf("%w: running %s, but the good version is %s (state %s)", ErrNotBlessed, s.version, s.st.Current, s.st.Phase)
+	}
+	return nil
 }
 
 // ErrNothingPending is returned by MarkGood when no version is on trial.

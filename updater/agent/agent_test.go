@@ -70,7 +70,15 @@ func setup(dir string) error {
 	if fx.repo, err = testfix.NewRepo(basalt, dir); err != nil {
 		return err
 	}
-	return fx.repo.PublishDir("stable", v2Dir)
+	if err := fx.repo.PublishDir("stable", v2Dir); err != nil {
+		return err
+	}
+	// v3 only in channel "next", so the stable tests never see it.
+	_, v3Dir, _, err := testfix.Build(basalt, rootfs, dir, "basalt", "3.0.0")
+	if err != nil {
+		return err
+	}
+	return fx.repo.PublishDir("next", v3Dir)
 }
 
 func newAgent(t *testing.T) *Agent {
@@ -291,5 +299,47 @@ func TestHealthChecks(t *testing.T) {
 		if st.State.Phase != want || (pass && st.Running != "2.0.0") || (!pass && st.Running != "1.0.0") {
 			t.Errorf("health pass=%v: %+v after %d boots", pass, st, len(boots))
 		}
+	}
+}
+
+// TestInstallAfterRollbackWithoutReboot is the reviewer's scenario: device mode, v2 on trial, rollback
+// without a reboot, v3 published, install. The agent must refuse (reboot first) and keep v1 bootable.
+func TestInstallAfterRollbackWithoutReboot(t *testing.T) {
+	a := newAgent(t)
+	installV2(t, a)
+	// Boot v2 (device mode: what runs comes from the kernel command line).
+	a.ImageMode = false
+	a.Cmdline = "roothash=" + fx.v2.Root.Verity.RootHash + " basalt.version=2.0.0"
+	{
+		d, err := install.OpenDisk(a.Disk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		es, _ := sdboot.List(d.ESP)
+		e, ok := sdboot.Find(es, "basalt", "2.0.0")
+		if !ok {
+			t.Fatal("no v2 entry")
+		}
+		if err := sdboot.Rename(d.ESP, e, e.Attempt()); err != nil {
+			t.Fatal(err)
+		}
+		d.Close()
+	}
+	if st := mustStatus(t, a); st.Running != "2.0.0" || st.State.Phase != state.Trying {
+		t.Fatalf("after boot of v2: %+v", st)
+	}
+	if err := a.Rollback(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	a.Config.Channel = "next"
+	_, err := a.Install(context.Background(), "", true)
+	if !errors.Is(err, ErrNotBlessed) {
+		t.Errorf("install while the rolled-back version runs: %v, want ErrNotBlessed", err)
+	}
+	if got := entries(t, a.Disk); !slices.Contains(got, "basalt_1.0.0.efi") {
+		t.Errorf("entries %q: the good v1 entry is gone", got)
+	}
+	if st := mustStatus(t, a); st.State.Phase != state.RolledBack || st.State.Current != "1.0.0" {
+		t.Errorf("state after refused install: %+v", st.State)
 	}
 }

@@ -29,8 +29,18 @@ type gptHeader struct {
 	entriesData []byte
 }
 
-// readGPTHeader reads and checks the header at lba and its entries array (both CRCs).
-func readGPTHeader(r io.ReaderAt, lba int64) (*gptHeader, error) {
+// GPT entry-array bounds: UEFI allows entries of 128 bytes times a power of two; this package takes any
+// multiple of 8 up to maxEntrySize, and arrays up to maxEntriesBytes (a normal GPT has 16 KiB).
+const (
+	minEntrySize    = 128
+	maxEntrySize    = 4096
+	maxEntriesBytes = 1 << 20
+)
+
+// readGPTHeader reads and checks the header at lba and its entries array (both CRCs). The header's
+// numbers are bounded before anything is allocated from them: entry size 128..4096 and a multiple of 8,
+// at most 1 MiB of entries, lying inside the disk of diskSize bytes.
+func readGPTHeader(r io.ReaderAt, diskSize int64, lba int64) (*gptHeader, error) {
 	raw := make([]byte, sectorSize)
 	if _, err := r.ReadAt(raw, lba*sectorSize); err != nil {
 		return nil, fmt.Errorf("read GPT header at LBA %d: %w", lba, err)
@@ -49,13 +59,20 @@ func readGPTHeader(r io.ReaderAt, lba int64) (*gptHeader, error) {
 	if got := int64(binary.LittleEndian.Uint64(raw[24:])); got != lba {
 		return nil, fmt.Errorf("GPT header at LBA %d says it lies at LBA %d", lba, got)
 	}
-	h.entriesLBA = int64(binary.LittleEndian.Uint64(raw[72:]))
+	entriesLBA := binary.LittleEndian.Uint64(raw[72:])
 	h.numEntries = binary.LittleEndian.Uint32(raw[80:])
 	h.entrySize = binary.LittleEndian.Uint32(raw[84:])
-	if h.entrySize < 128 || h.entrySize%8 != 0 || h.numEntries == 0 || h.numEntries > 1024 {
+	if h.entrySize < minEntrySize || h.entrySize > maxEntrySize || h.entrySize%8 != 0 || h.numEntries == 0 ||
+		uint64(h.numEntries)*uint64(h.entrySize) > maxEntriesBytes {
 		return nil, fmt.Errorf("GPT header at LBA %d: %d entries of %d bytes", lba, h.numEntries, h.entrySize)
 	}
-	h.entriesData = make([]byte, int(h.numEntries)*int(h.entrySize))
+	n := int64(h.numEntries) * int64(h.entrySize)
+	sectors := diskSize / sectorSize
+	if entriesLBA < 1 || entriesLBA >= uint64(sectors) || int64(entriesLBA)*sectorSize+n > sectors*sectorSize {
+		return nil, fmt.Errorf("GPT header at LBA %d: entries at LBA %d lie outside the disk of %d sectors", lba, entriesLBA, sectors)
+	}
+	h.entriesLBA = int64(entriesLBA)
+	h.entriesData = make([]byte, n)
 	if _, err := r.ReadAt(h.entriesData, h.entriesLBA*sectorSize); err != nil {
 		return nil, fmt.Errorf("read GPT entries at LBA %d: %w", h.entriesLBA, err)
 	}
@@ -115,18 +132,53 @@ func decodeGUID(b []byte) string {
 	return strings.ToUpper(uuid.UUID(c).String())
 }
 
-// readGPT returns the primary header (or the backup when the primary is damaged) and the backup.
+// readGPT returns the primary and the backup header; one of them is nil when that copy is damaged, and
+// it is an error when both are.
 func readGPT(r io.ReaderAt, diskSize int64) (primary, backup *gptHeader, err error) {
-	p, perr := readGPTHeader(r, 1)
+	p, perr := readGPTHeader(r, diskSize, 1)
 	lastLBA := diskSize/sectorSize - 1
 	if perr == nil {
-		lastLBA = int64(binary.LittleEndian.Uint64(p.raw[32:]))
+		if alt := int64(binary.LittleEndian.Uint64(p.raw[32:])); alt > 1 && alt <= lastLBA {
+			lastLBA = alt
+		}
 	}
-	b, berr := readGPTHeader(r, lastLBA)
+	b, berr := readGPTHeader(r, diskSize, lastLBA)
 	if perr != nil && berr != nil {
 		return nil, nil, fmt.Errorf("no valid GPT: %w", errors.Join(perr, berr))
 	}
+	if perr != nil {
+		p = nil
+	}
+	if berr != nil {
+		b = nil
+	}
 	return p, b, nil
+}
+
+// rebuild returns a copy of the good header h placed as the other copy: the primary at LBA 1 with its
+// entries from LBA 2, or the backup at h's alternate LBA with its entries just before it. It checks
+// that the rebuilt entries stay out of the usable area.
+func (h *gptHeader) rebuild(diskSize int64) (*gptHeader, error) {
+	o := &gptHeader{raw: bytes.Clone(h.raw), numEntries: h.numEntries, entrySize: h.entrySize, entriesData: bytes.Clone(h.entriesData)}
+	entrySectors := (int64(len(h.entriesData)) + sectorSize - 1) / sectorSize
+	firstUsable := int64(binary.LittleEndian.Uint64(h.raw[40:]))
+	lastUsable := int64(binary.LittleEndian.Uint64(h.raw[48:]))
+	if h.lba == 1 {
+		o.lba = int64(binary.LittleEndian.Uint64(h.raw[32:]))
+		o.entriesLBA = o.lba - entrySectors
+		if o.lba >= diskSize/sectorSize || o.entriesLBA <= lastUsable {
+			return nil, fmt.Errorf("cannot rebuild the backup GPT at LBA %d: entries would overlap the usable area", o.lba)
+		}
+	} else {
+		o.lba, o.entriesLBA = 1, 2
+		if 2+entrySectors > firstUsable {
+			return nil, fmt.Errorf("cannot rebuild the primary GPT: entries would overlap the usable area")
+		}
+	}
+	binary.LittleEndian.PutUint64(o.raw[24:], uint64(o.lba))
+	binary.LittleEndian.PutUint64(o.raw[32:], uint64(h.lba))
+	binary.LittleEndian.PutUint64(o.raw[72:], uint64(o.entriesLBA))
+	return o, nil
 }
 
 // PartitionGUID returns the unique partition GUID (upper case) of GPT entry number (from 1), read from
@@ -148,9 +200,10 @@ func PartitionGUID(r io.ReaderAt, diskSize int64, number int) (string, error) {
 }
 
 // SetPartitionGUID sets the unique partition GUID of GPT entry number (from 1) in both the primary and
-// the backup table, with their CRCs. The primary is written first (entries, then header), then the
-// backup; a damaged copy is left alone and reported (sgdisk repairs it). Each copy stays valid or becomes
-// detectably invalid at any cut, and calling it again completes the change.
+// the backup table, with their CRCs. A damaged copy is first rebuilt from the good one. The backup is
+// written (entries, then header) and synced, then the primary, then synced again (w is synced if it has
+// a Sync method): at any cut at most one copy is detectably invalid and the other one is whole (the
+// primary still old, or the backup already new), and calling it again completes the change.
 func SetPartitionGUID(f io.ReaderAt, w io.WriterAt, diskSize int64, number int, guid string) error {
 	g, err := encodeGUID(guid)
 	if err != nil {
@@ -160,10 +213,17 @@ func SetPartitionGUID(f io.ReaderAt, w io.WriterAt, diskSize int64, number int, 
 	if err != nil {
 		return err
 	}
-	for _, h := range []*gptHeader{p, b} {
-		if h == nil {
-			continue
+	switch {
+	case p == nil:
+		if p, err = b.rebuild(diskSize); err != nil {
+			return err
 		}
+	case b == nil:
+		if b, err = p.rebuild(diskSize); err != nil {
+			return err
+		}
+	}
+	for _, h := range []*gptHeader{b, p} {
 		e, err := h.entry(number)
 		if err != nil {
 			return err
@@ -172,9 +232,11 @@ func SetPartitionGUID(f io.ReaderAt, w io.WriterAt, diskSize int64, number int, 
 		if err := h.write(w); err != nil {
 			return fmt.Errorf("set GUID of partition %d: %w", number, err)
 		}
-	}
-	if p == nil || b == nil {
-		return fmt.Errorf("set GUID of partition %d: one GPT copy is damaged; run sgdisk to repair it", number)
+		if s, ok := w.(interface{ Sync() error }); ok {
+			if err := s.Sync(); err != nil {
+				return fmt.Errorf("set GUID of partition %d: sync: %w", number, err)
+			}
+		}
 	}
 	return nil
 }

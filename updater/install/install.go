@@ -60,15 +60,26 @@ func (in *Installer) check() error {
 }
 
 // Prune removes the ESP entries of this OS other than the active version's and the one being installed,
-// so that no entry names a root the install is about to overwrite. Call it before WriteSlot.
+// so that no entry names a root the install is about to overwrite. Call it before WriteSlot. The newest
+// blessed (known good) entry is never removed, whatever activeVersion says: it may be the only entry
+// that still boots.
 func (in *Installer) Prune(activeVersion string) error {
 	entries, err := sdboot.List(in.Disk.ESP)
 	if err != nil {
 		return err
 	}
 	m := in.Manifest
+	var newestGood *sdboot.Entry
+	for i, e := range entries {
+		if e.Name == m.Name && e.Blessed() && (newestGood == nil || sdboot.VersionCompare(e.ID(), newestGood.ID()) > 0) {
+			newestGood = &entries[i]
+		}
+	}
 	for _, e := range entries {
 		if e.Name != m.Name || e.Version == activeVersion || e.Version == m.Version {
+			continue
+		}
+		if newestGood != nil && e.Version == newestGood.Version {
 			continue
 		}
 		if err := in.Disk.ESP.Remove(e.Path()); err != nil {
@@ -241,7 +252,8 @@ func TempEntryName(m *images.Manifest) string {
 // Switch downloads the UKI, checks its size and sha256 against the manifest, writes it to the ESP under
 // a temporary name, reads it back and checks it again, then renames it to "<name>_<version>+3.efi":
 // from that rename on, the next boot tries the new version. If an entry of this version already exists
-// (a repeated call), nothing is done, unless it has no tries left: then it gets a fresh counter.
+// (a repeated call) and its sha256 matches the manifest, nothing is done, unless it has no tries left:
+// then it gets a fresh counter. An existing entry that does not match is replaced.
 func (in *Installer) Switch(ctx context.Context) error {
 	if err := in.check(); err != nil {
 		return err
@@ -254,10 +266,20 @@ func (in *Installer) Switch(ctx context.Context) error {
 	}
 	fresh := sdboot.NewEntry(m.Name, m.Version, sdboot.DefaultTries)
 	if e, ok := sdboot.Find(entries, m.Name, m.Version); ok {
-		if !e.Bad() {
-			return nil
+		have, err := esp.ReadFile(e.Path())
+		if err != nil {
+			return fmt.Errorf("read existing entry %s: %w", e.FileName(), err)
 		}
-		return sdboot.Rename(esp, e, fresh)
+		if sum := sha256.Sum256(have); hex.EncodeToString(sum[:]) == m.UKI.SHA256 {
+			if !e.Bad() {
+				return nil
+			}
+			return sdboot.Rename(esp, e, fresh)
+		}
+		// Not the signed UKI (a cut write, corruption, or another build of the same version): replace it.
+		if err := esp.Remove(e.Path()); err != nil {
+			return fmt.Errorf("remove entry %s that does not match the manifest: %w", e.FileName(), err)
+		}
 	}
 	uki, err := in.fetchFile(ctx, m.UKI)
 	if err != nil {

@@ -547,3 +547,46 @@ func TestRefused(t *testing.T) {
 		t.Errorf("ESP changed: %q", got)
 	}
 }
+
+// TestSwitchReplacesMismatchedEntry: an entry of the version being installed whose bytes are not the
+// signed UKI (a stale or corrupt file) is replaced by Switch, not kept.
+func TestSwitchReplacesMismatchedEntry(t *testing.T) {
+	path := copyDisk(t)
+	_, fetch := newServer(t, fx.v2Dir)
+	in, _ := openInstaller(t, path, fetch)
+	e := sdboot.NewEntry("basalt", "2.0.0", sdboot.DefaultTries)
+	if err := in.Disk.ESP.WriteFile(e.Path(), []byte("not the signed UKI"), fx.v2.Created); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Switch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := in.Disk.ESP.ReadFile(e.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(got); fmt.Sprintf("%x", sum) != fx.v2.UKI.SHA256 {
+		t.Errorf("entry %s has sha256 %x, want the manifest's %s", e.FileName(), sum, fx.v2.UKI.SHA256)
+	}
+	if got, want := espEntries(t, in.Disk.ESP), []string{"basalt_1.0.0.efi", "basalt_2.0.0+3.efi"}; !slices.Equal(got, want) {
+		t.Errorf("ESP entries %q, want %q", got, want)
+	}
+}
+
+// TestPruneKeepsNewestBlessed: whatever the caller claims runs, Prune never removes the newest blessed
+// entry (it may be the only one that boots).
+func TestPruneKeepsNewestBlessed(t *testing.T) {
+	path := copyDisk(t)
+	_, fetch := newServer(t, fx.v2Dir)
+	in, _ := openInstaller(t, path, fetch)
+	bad := sdboot.NewEntry("basalt", "1.5.0", sdboot.DefaultTries).MarkBad()
+	if err := in.Disk.ESP.WriteFile(bad.Path(), []byte("bad"), fx.v2.Created); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Prune("1.5.0"); err != nil {
+		t.Fatal(err)
+	}
+	if got := espEntries(t, in.Disk.ESP); !slices.Contains(got, "basalt_1.0.0.efi") {
+		t.Errorf("ESP entries %q: the blessed v1 entry was pruned", got)
+	}
+}

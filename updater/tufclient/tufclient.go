@@ -18,11 +18,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -36,9 +39,14 @@ import (
 
 // Error classes, tested with errors.Is.
 var (
-	// ErrRepository: the repository's metadata or a target failed TUF's checks (expired, badly signed,
-	// rolled back, wrong length or hash): treat it as an attack. Wraps go-tuf's error.
+	// ErrRepository: the repository's metadata or a target failed TUF's checks (badly signed, rolled
+	// back, wrong length or hash) or contradicts itself: treat it as an attack. Wraps go-tuf's error.
 	ErrRepository = errors.New("update repository not trusted")
+	// ErrExpired: the metadata has expired: a stale repository (or a freeze attack), or a wrong clock
+	// on this device.
+	ErrExpired = errors.New("update metadata expired")
+	// ErrLocal: this device's trusted root or metadata cache cannot be read or written.
+	ErrLocal = errors.New("local update metadata unusable")
 	// ErrDownload: the network failed; try again later.
 	ErrDownload = install.ErrDownload
 	// ErrNoUpdate: nothing newer than the running version is eligible.
@@ -100,9 +108,9 @@ func New(cfg Config) (*Client, error) {
 	if err != nil || base.Scheme == "" {
 		return nil, fmt.Errorf("repository URL %q is not a URL", cfg.URL)
 	}
-	tc, err := config.New(base.JoinPath("metadata").String(), cfg.TrustedRoot)
+	tc, err := config.New(base.JoinPath("metadata").String(), trustedRoot(cfg))
 	if err != nil {
-		return nil, fmt.Errorf("tuf config: %w", err)
+		return nil, fmt.Errorf("%w: tuf config: %w", ErrLocal, err)
 	}
 	tu := base.JoinPath("targets")
 	tc.RemoteTargetsURL = tu.String()
@@ -116,11 +124,12 @@ func New(cfg Config) (*Client, error) {
 	f.SetHTTPClient(client)
 	tc.Fetcher = f
 	if err := tc.EnsurePathsExist(); err != nil {
-		return nil, fmt.Errorf("tuf cache: %w", err)
+		return nil, fmt.Errorf("%w: tuf cache: %w", ErrLocal, err)
 	}
 	up, err := updater.New(tc)
 	if err != nil {
-		return nil, classify("load trusted root", err)
+		// No network yet: the baked or cached root is this device's own data.
+		return nil, fmt.Errorf("%w: load trusted root: %w", ErrLocal, err)
 	}
 	if cfg.Now != nil {
 		up.UnsafeSetRefTime(cfg.Now())
@@ -131,21 +140,47 @@ func New(cfg Config) (*Client, error) {
 	return &Client{cfg: cfg, up: up, targetsURL: tu}, nil
 }
 
-// classify wraps a go-tuf error with ErrDownload or ErrRepository.
+// trustedRoot returns the root to start from: the cached root.json of an earlier run when it parses and
+// is not older than the baked one (after a rotation the old root's keys must no longer count), else the
+// baked root, which only bootstraps. go-tuf checks the cached root again (its own signatures) on load.
+func trustedRoot(cfg Config) []byte {
+	cached, err := os.ReadFile(filepath.Join(cfg.CacheDir, "metadata", "root.json"))
+	if err != nil {
+		return cfg.TrustedRoot
+	}
+	c, err := metadata.Root().FromBytes(cached)
+	if err != nil {
+		return cfg.TrustedRoot
+	}
+	if b, err := metadata.Root().FromBytes(cfg.TrustedRoot); err == nil && b.Signed.Version > c.Signed.Version {
+		return cfg.TrustedRoot
+	}
+	return cached
+}
+
+// classify wraps a go-tuf error with its class: ErrExpired for expired metadata, ErrRepository for the
+// rest of go-tuf's repository errors (bad signatures, rollbacks, wrong lengths or hashes), ErrDownload
+// for the network (HTTP errors included: a missing file is not proof of an attack), ErrLocal for this
+// device's files; anything else is wrapped without a class.
 func classify(what string, err error) error {
-	var dl *metadata.ErrDownload
-	var he *metadata.ErrDownloadHTTP
-	switch {
-	case errors.As(err, &he) && he.StatusCode == 404:
-		return fmt.Errorf("%s: %w: %w", what, ErrRepository, err)
-	case errors.As(err, &dl), errors.As(err, &he):
-		return fmt.Errorf("%s: %w: %w", what, ErrDownload, err)
-	}
+	var pe *fs.PathError
+	var le *os.LinkError
+	var errno syscall.Errno
 	var ue interface{ Timeout() bool }
-	if errors.As(err, &ue) {
-		return fmt.Errorf("%s: %w: %w", what, ErrDownload, err)
+	var class error
+	switch {
+	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
+		class = ErrExpired
+	case errors.Is(err, &metadata.ErrRepository{}):
+		class = ErrRepository
+	case errors.Is(err, &metadata.ErrDownload{}), errors.As(err, &ue):
+		class = ErrDownload
+	case errors.As(err, &pe), errors.As(err, &le), errors.As(err, &errno):
+		class = ErrLocal
+	default:
+		return fmt.Errorf("%s: %w", what, err)
 	}
-	return fmt.Errorf("%s: %w: %w", what, ErrRepository, err)
+	return fmt.Errorf("%s: %w: %w", what, class, err)
 }
 
 // Release is one published version of the device's OS in its channel.

@@ -214,15 +214,25 @@ func TestAttacks(t *testing.T) {
 	url := serve(t, r.Dir)
 	now := time.Now()
 	// Expired timestamp.
-	if _, err := client(t, r.Root, url, now.Add(48*time.Hour), nil); !errors.Is(err, ErrRepository) {
-		t.Errorf("expired timestamp: %v", err)
+	if _, err := client(t, r.Root, url, now.Add(48*time.Hour), nil); !errors.Is(err, ErrExpired) || errors.Is(err, ErrRepository) {
+		t.Errorf("expired timestamp: %v, want ErrExpired only", err)
+	}
+	// Not served (HTTP 404): a download failure, not an attack.
+	if _, err := client(t, r.Root, url+"/nothing-here", now, nil); !errors.Is(err, ErrDownload) || errors.Is(err, ErrRepository) {
+		t.Errorf("404: %v, want ErrDownload only", err)
+	}
+	// A cache folder that cannot be created: this device's problem.
+	blocker := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(blocker, nil, 0o644)
+	if _, err := client(t, r.Root, url, now, func(c *Config) { c.CacheDir = filepath.Join(blocker, "tuf") }); !errors.Is(err, ErrLocal) || errors.Is(err, ErrRepository) {
+		t.Errorf("unusable cache: %v, want ErrLocal only", err)
 	}
 	// Unreachable.
 	if _, err := client(t, r.Root, "http://127.0.0.1:1", now, nil); !errors.Is(err, ErrDownload) {
 		t.Errorf("unreachable: %v", err)
 	}
 	// A trusted root that is not a root.
-	if _, err := client(t, r.Root, url, now, func(c *Config) { c.TrustedRoot = []byte("{}") }); !errors.Is(err, ErrRepository) {
+	if _, err := client(t, r.Root, url, now, func(c *Config) { c.TrustedRoot = []byte("{}") }); !errors.Is(err, ErrLocal) {
 		t.Errorf("garbage trusted root: %v", err)
 	}
 	c, err := client(t, r.Root, url, now.Add(time.Hour), nil)
@@ -381,5 +391,71 @@ func TestCustomMismatch(t *testing.T) {
 	}
 	if _, err := c.Manifest(rel); !errors.Is(err, ErrRepository) {
 		t.Errorf("custom differs: %v", err)
+	}
+}
+
+// rootV builds root metadata version v with key for every role, signed by signers.
+func rootV(t *testing.T, v int64, key *metadata.Key, signers ...signature.Signer) []byte {
+	t.Helper()
+	root := metadata.Root(t0.Add(365 * 24 * time.Hour))
+	root.Signed.Version = v
+	for _, role := range []string{metadata.ROOT, metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {
+		if err := root.Signed.AddKey(key, role); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range signers {
+		if _, err := root.Sign(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := root.ToBytes(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestRootRotationSticks: once a client has seen a root rotation, a restart with the old baked root
+// still trusts the rotated root: metadata signed only by the new keys is accepted (even with the
+// rotation's 2.root.json gone from the server), and a fake 2.root.json signed by the old keys only (an
+// attacker holding them) is refused.
+func TestRootRotationSticks(t *testing.T) {
+	r := newHandRepo(t)
+	oldSigner, oldKey := r.signer, r.key
+	r.publish(t, release{channel: "stable", version: "1.1.0"}, nil)
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32))
+	newSigner, err := signature.LoadSigner(priv, crypto.Hash(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKey, err := metadata.KeyFromPublicKey(priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rotate every role to the new key; root 2 is signed by the old and the new root keys.
+	r.write(t, "metadata/2.root.json", rootV(t, 2, newKey, oldSigner, newSigner))
+	r.signer, r.key = newSigner, newKey
+	r.commit(t)
+	url := serve(t, r.dir)
+	cache := t.TempDir()
+	useCache := func(c *Config) { c.CacheDir = cache }
+	if _, err := client(t, r.root, url, t0.Add(time.Hour), useCache); err != nil {
+		t.Fatalf("first run over the rotation: %v", err)
+	}
+	// Restart with the baked (old) root; 2.root.json is no longer served.
+	if err := os.Remove(filepath.Join(r.dir, "metadata", "2.root.json")); err != nil {
+		t.Fatal(err)
+	}
+	r.commit(t)
+	if _, err := client(t, r.root, url, t0.Add(time.Hour), useCache); err != nil {
+		t.Fatalf("restart with the old baked root: metadata signed by the new keys refused: %v", err)
+	}
+	// An attacker with the old keys serves a fake root 2 and metadata signed by the old keys.
+	r.write(t, "metadata/2.root.json", rootV(t, 2, oldKey, oldSigner))
+	r.signer, r.key = oldSigner, oldKey
+	r.commit(t)
+	if _, err := client(t, r.root, url, t0.Add(time.Hour), useCache); !errors.Is(err, ErrRepository) {
+		t.Errorf("fake root signed by the old keys only: %v, want ErrRepository", err)
 	}
 }

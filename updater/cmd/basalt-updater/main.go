@@ -13,14 +13,15 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/basalt-os/basalt/updater/agent"
 	"github.com/basalt-os/basalt/updater/config"
+	"github.com/basalt-os/basalt/updater/install"
 	"github.com/basalt-os/basalt/updater/state"
+	"github.com/basalt-os/basalt/updater/tufclient"
 )
 
 func main() {
@@ -29,8 +30,67 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "basalt-updater:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// Exit codes, one per error class (see exitCodes; documented in --help).
+const (
+	exitOther      = 1 // anything else (bad flags, configuration, device I/O)
+	exitNoUpdate   = 3
+	exitPending    = 4
+	exitDownload   = 5
+	exitExpired    = 6
+	exitUntrusted  = 7
+	exitRefused    = 8
+	exitLocalCache = 9
+)
+
+// exitCodes maps error classes to exit codes; the first class the error wraps wins.
+var exitCodes = []struct {
+	err  error
+	code int
+	doc  string
+}{
+	{tufclient.ErrRepository, exitUntrusted, "update repository or update not trusted (bad signature, rollback, altered file): treat as an attack"},
+	{install.ErrTampered, exitUntrusted, ""},
+	{tufclient.ErrExpired, exitExpired, "update metadata expired: stale repository or wrong clock"},
+	{tufclient.ErrDownload, exitDownload, "network or server failure: try again later"},
+	{tufclient.ErrLocal, exitLocalCache, "trusted root or metadata cache on this device unusable"},
+	{tufclient.ErrNoUpdate, exitNoUpdate, "no update available"},
+	{agent.ErrPending, exitPending, "an update is pending, or the running version is not known good: reboot, mark-good or rollback first"},
+	{agent.ErrNotBlessed, exitPending, ""},
+	{agent.ErrNothingPending, exitPending, ""},
+	{tufclient.ErrDowngrade, exitRefused, "install refused: downgrade, incompatible, not published, failed before, or a broken release"},
+	{tufclient.ErrIncompatible, exitRefused, ""},
+	{tufclient.ErrNotFound, exitRefused, ""},
+	{state.ErrBadVersion, exitRefused, ""},
+	{state.ErrDowngrade, exitRefused, ""},
+	{install.ErrBadRelease, exitRefused, ""},
+	{install.ErrRefused, exitRefused, ""},
+}
+
+// exitCode returns the exit code for err's class.
+func exitCode(err error) int {
+	for _, c := range exitCodes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return exitOther
+}
+
+// exitHelp documents the exit codes for --help.
+func exitHelp() string {
+	s := "Exit codes:\n  0  success\n  1  other errors (flags, configuration, device I/O)\n"
+	for code := exitNoUpdate; code <= exitLocalCache; code++ {
+		for _, c := range exitCodes {
+			if c.code == code && c.doc != "" {
+				s += fmt.Sprintf("  %d  %s\n", c.code, c.doc)
+			}
+		}
+	}
+	return s
 }
 
 type globals struct {
@@ -45,6 +105,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "basalt-updater",
 		Short:         "Install Basalt updates from a TUF repository into the inactive slot, with rollback",
+		Long:          "Install Basalt updates from a TUF repository into the inactive slot, with rollback.\n\n" + exitHelp(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -215,18 +276,8 @@ func (g *globals) agent(stderr io.Writer) (*agent.Agent, error) {
 		return nil, errors.New("no disk: set disk in the configuration or pass --disk")
 	}
 	a.Reboot = func() error { return exec.Command("systemctl", "reboot").Run() }
-	// A fault-injection hook for power-cut tests: SIGKILL this process right after the n-th state save.
-	if v := os.Getenv("BASALT_UPDATER_KILL_AT_SAVE"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return nil, fmt.Errorf("BASALT_UPDATER_KILL_AT_SAVE=%q: want a number", v)
-		}
-		saves := 0
-		a.OnSave = func(state.State) {
-			if saves++; saves == n {
-				syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			}
-		}
+	if err := installTestHooks(a); err != nil {
+		return nil, err
 	}
 	return a, nil
 }

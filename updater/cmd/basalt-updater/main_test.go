@@ -20,6 +20,7 @@ import (
 	"github.com/basalt-os/basalt/updater/install"
 	"github.com/basalt-os/basalt/updater/internal/testfix"
 	"github.com/basalt-os/basalt/updater/state"
+	"github.com/basalt-os/basalt/updater/tufclient"
 )
 
 var fx struct {
@@ -50,7 +51,8 @@ func TestMain(m *testing.M) {
 
 func setup(dir string) error {
 	fx.bin = filepath.Join(dir, "basalt-updater")
-	if out, err := exec.Command("go", "build", "-o", fx.bin, ".").CombinedOutput(); err != nil {
+	// The power-cut tests need the kill hook, which only -tags killhook builds carry.
+	if out, err := exec.Command("go", "build", "-tags", "killhook", "-o", fx.bin, ".").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	basalt, err := testfix.BuildBasalt(dir)
@@ -241,5 +243,54 @@ func TestPowerCut(t *testing.T) {
 	}
 	if killed < 20 {
 		t.Errorf("only %d of %d runs were cut", killed, len(points))
+	}
+}
+
+// TestNoKillHookInRelease: a normal build carries no fault-injection hook: the environment variable is
+// ignored and its name is not in the binary.
+func TestNoKillHookInRelease(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "basalt-updater")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte("BASALT_UPDATER_KILL_AT_SAVE")) {
+		t.Error("the release binary contains the BASALT_UPDATER_KILL_AT_SAVE hook")
+	}
+}
+
+// TestExitCodes: each error class has its own exit code, seen by a caller of the binary, and --help
+// documents them.
+func TestExitCodes(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		code int
+	}{
+		{fmt.Errorf("refresh: %w: x", tufclient.ErrRepository), exitUntrusted},
+		{fmt.Errorf("verify: %w", install.ErrTampered), exitUntrusted},
+		{fmt.Errorf("refresh: %w", tufclient.ErrExpired), exitExpired},
+		{fmt.Errorf("fetch: %w", tufclient.ErrDownload), exitDownload},
+		{fmt.Errorf("cache: %w", tufclient.ErrLocal), exitLocalCache},
+		{tufclient.ErrNoUpdate, exitNoUpdate},
+		{agent.ErrNotBlessed, exitPending},
+		{fmt.Errorf("x: %w", tufclient.ErrDowngrade), exitRefused},
+		{errors.New("disk on fire"), exitOther},
+	} {
+		if got := exitCode(c.err); got != c.code {
+			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.code)
+		}
+	}
+	d := newDevice(t)
+	out, err := d.run(nil, "--help")
+	if err != nil || !strings.Contains(out, "Exit codes:") || !strings.Contains(out, "  7  update repository") {
+		t.Errorf("--help: %v\n%s", err, out)
+	}
+	// The device runs v1 and the repository offers nothing newer than a pinned 1.0.0: refused.
+	var ee *exec.ExitError
+	if out, err := d.run(nil, "install", "--version", "1.0.0", "--no-reboot"); !errors.As(err, &ee) || ee.ExitCode() != exitRefused {
+		t.Errorf("install of the running version: %v (want exit %d)\n%s", err, exitRefused, out)
 	}
 }
