@@ -48,6 +48,9 @@ type Installer struct {
 	// Checkpoint, if set, is called after blocks [0, n) are written, verified and synced: record n to
 	// resume there after a cut.
 	Checkpoint func(n int) error
+	// CheckpointBytes is how many written bytes may go unsynced and unrecorded (0: a sixteenth of the
+	// image, at most DefaultCheckpointBytes).
+	CheckpointBytes int64
 	// Progress, if set, is called with the payload bytes done so far and the total.
 	Progress func(done, total int64)
 }
@@ -118,23 +121,40 @@ func (in *Installer) WriteSlot(ctx context.Context, first int) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrBadRelease, err)
 	}
-	next := first
+	next := first    // blocks [0, next) are written, synced and recorded
+	written := first // blocks [0, written) are written (verified by the decoder before delivery)
+	var unsynced int64
 	f := in.Disk.File()
-	deliver := func(i int, raw []byte) error {
-		if _, err := f.WriteAt(raw, slot.Start+ix.RawOffset(i)); err != nil {
-			return &errWrite{fmt.Errorf("write block %d to %s: %w", i, in.Slot, err)}
+	// flush syncs what was written and records it. It runs every CheckpointBytes, not every block: an
+	// fsync plus a state-file save per 4 MiB block cost more than decompression (measured: zstd installs
+	// at 100 MB/s against 1 GB/s for the decoder). It also runs when a download stops, so a retry or a
+	// later resume fetches only what was not written.
+	flush := func() error {
+		if written == next {
+			return nil
 		}
 		if err := f.Sync(); err != nil {
 			return &errWrite{fmt.Errorf("sync %s: %w", in.Slot, err)}
 		}
-		next = i + 1
+		next, unsynced = written, 0
 		if in.Checkpoint != nil {
 			if err := in.Checkpoint(next); err != nil {
 				return &errWrite{fmt.Errorf("record checkpoint: %w", err)}
 			}
 		}
+		return nil
+	}
+	deliver := func(i int, raw []byte) error {
+		if _, err := f.WriteAt(raw, slot.Start+ix.RawOffset(i)); err != nil {
+			return &errWrite{fmt.Errorf("write block %d to %s: %w", i, in.Slot, err)}
+		}
+		written = i + 1
+		unsynced += int64(len(raw))
 		if in.Progress != nil {
 			in.Progress(ix.Blocks[i].Offset+ix.Blocks[i].Size, ix.Size)
+		}
+		if unsynced >= in.checkpointBytes() || written == len(ix.Blocks) {
+			return flush()
 		}
 		return nil
 	}
@@ -145,6 +165,11 @@ func (in *Installer) WriteSlot(ctx context.Context, first int) error {
 			break
 		}
 		var we *errWrite
+		if !errors.As(err, &we) {
+			if ferr := flush(); ferr != nil {
+				return ferr
+			}
+		}
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
@@ -341,4 +366,17 @@ func (in *Installer) fetchOnce(ctx context.Context, f images.File) ([]byte, erro
 		return nil, fmt.Errorf("%w: %s: sha256 %x, want %s", ErrTampered, f.Path, sum, f.SHA256)
 	}
 	return data, nil
+}
+
+// DefaultCheckpointBytes is the most an install writes between two syncs and checkpoints; a small image
+// is still checkpointed at least minCheckpoints times.
+const DefaultCheckpointBytes = 32 << 20
+
+const minCheckpoints = 16
+
+func (in *Installer) checkpointBytes() int64 {
+	if in.CheckpointBytes > 0 {
+		return in.CheckpointBytes
+	}
+	return max(1, min(DefaultCheckpointBytes, in.Manifest.Root.Size/minCheckpoints))
 }
