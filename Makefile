@@ -28,6 +28,7 @@ test: vet
 
 bench:
 	bash hack/bench/build.sh
+	bash hack/bench/install.sh
 
 clean:
 	rm -rf $(BIN) out
