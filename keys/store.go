@@ -1,6 +1,8 @@
 package keys
 
 import (
+	"github.com/basalt-os/basalt/internal/atomicfile"
+
 	"bytes"
 	"crypto"
 	"crypto/sha256"
@@ -573,10 +575,10 @@ func (s *Store) writeIndex() error {
 	if err != nil {
 		return fmt.Errorf("encode key index: %w", err)
 	}
-	if err := writeReplace(s.Path(IndexFile), append(data, '\n'), PublicMode); err != nil {
+	if err := atomicfile.WriteFile(s.Path(IndexFile), append(data, '\n'), PublicMode); err != nil {
 		return err
 	}
-	return writeReplace(s.Path(ReadmeFile), []byte(s.index.Readme()), PublicMode)
+	return atomicfile.WriteFile(s.Path(ReadmeFile), []byte(s.index.Readme()), PublicMode)
 }
 
 // ExportPublic writes every public key and certificate, the index and the README into out: what may
@@ -600,7 +602,7 @@ func (s *Store) ExportPublic(out string) error {
 			if err != nil {
 				return fmt.Errorf("export public keys: %w", err)
 			}
-			if err := writeReplace(filepath.Join(out, f), data, PublicMode); err != nil {
+			if err := atomicfile.WriteFile(filepath.Join(out, f), data, PublicMode); err != nil {
 				return fmt.Errorf("export public keys: %w", err)
 			}
 		}
@@ -609,8 +611,8 @@ func (s *Store) ExportPublic(out string) error {
 	if err != nil {
 		return fmt.Errorf("encode key index: %w", err)
 	}
-	if err := writeReplace(filepath.Join(out, IndexFile), append(data, '\n'), PublicMode); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(out, IndexFile), append(data, '\n'), PublicMode); err != nil {
 		return err
 	}
-	return writeReplace(filepath.Join(out, ReadmeFile), []byte(s.index.Readme()), PublicMode)
+	return atomicfile.WriteFile(filepath.Join(out, ReadmeFile), []byte(s.index.Readme()), PublicMode)
 }

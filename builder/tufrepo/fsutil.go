@@ -1,6 +1,8 @@
 package tufrepo
 
 import (
+	"github.com/basalt-os/basalt/internal/atomicfile"
+
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -15,59 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// writeAtomic replaces name with data: temp file in the same folder, fsync, rename, fsync folder.
+// writeAtomic replaces name with data, world-readable (metadata and targets are public).
 func writeAtomic(name string, data []byte) error {
-	dir := filepath.Dir(name)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	tmp := f.Name()
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return commitTemp(f, name)
-}
-
-// commitTemp fsyncs and closes an open temp file, renames it to name and fsyncs the folder.
-func commitTemp(f *os.File, name string) error {
-	tmp := f.Name()
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, name); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return syncDir(filepath.Dir(name))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.WriteFile(name, data, 0o644)
 }
 
 // mkdirAll creates dir and missing parents (0755), fsyncing each parent that got a new entry.
@@ -84,7 +36,7 @@ func mkdirAll(dir string) error {
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	return syncDir(filepath.Dir(dir))
+	return atomicfile.SyncDir(filepath.Dir(dir))
 }
 
 // hashedCopy copies src into a temp file in dst's folder while hashing, checks the length and sha256
@@ -93,13 +45,8 @@ func hashedCopy(dst string, src io.Reader, wantSize int64, wantSHA256 string) er
 	if err := mkdirAll(filepath.Dir(dst)); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	f, err := atomicfile.CreateTemp(dst, 0o644)
 	if err != nil {
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		os.Remove(f.Name())
 		return err
 	}
 	h := sha256.New()
@@ -108,11 +55,10 @@ func hashedCopy(dst string, src io.Reader, wantSize int64, wantSHA256 string) er
 		err = checkSum(n, h, wantSize, wantSHA256)
 	}
 	if err != nil {
-		f.Close()
-		os.Remove(f.Name())
+		atomicfile.Abort(f)
 		return err
 	}
-	return commitTemp(f, dst)
+	return atomicfile.Commit(f, dst)
 }
 
 func checkSum(n int64, h hash.Hash, wantSize int64, wantSHA256 string) error {

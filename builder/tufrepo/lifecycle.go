@@ -1,6 +1,8 @@
 package tufrepo
 
 import (
+	"github.com/basalt-os/basalt/internal/atomicfile"
+
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -202,7 +204,7 @@ func (r *Repo) collectTargets() (int, error) {
 		os.Remove(d) // fails, as it should, on folders that still hold files
 	}
 	if n > 0 {
-		return n, syncDir(base)
+		return n, atomicfile.SyncDir(base)
 	}
 	return n, nil
 }
@@ -236,7 +238,7 @@ func (r *Repo) collectMetadata() (int, error) {
 		}
 	}
 	if n > 0 {
-		return n, syncDir(dir)
+		return n, atomicfile.SyncDir(dir)
 	}
 	return n, nil
 }
