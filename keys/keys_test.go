@@ -15,19 +15,11 @@ import (
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 var testNow = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	os.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin:/sbin")
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	}
-	return p
-}
 
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
@@ -160,7 +152,7 @@ func TestInitFilesAndModes(t *testing.T) {
 }
 
 func TestSecureBootCertificate(t *testing.T) {
-	openssl := requireTool(t, "openssl", "openssl")
+	openssl := testtool.Require(t, "openssl", "openssl")
 	dir := fullKeys(t)
 	s, err := Open(dir)
 	if err != nil {
@@ -209,8 +201,8 @@ func TestSecureBootCertificate(t *testing.T) {
 	}
 
 	// sbsign takes the PEM key and certificate as they are; sbverify checks the signature with the certificate.
-	sbsign := requireTool(t, "sbsign", "sbsigntool")
-	sbverify := requireTool(t, "sbverify", "sbsigntool")
+	sbsign := testtool.Require(t, "sbsign", "sbsigntool")
+	sbverify := testtool.Require(t, "sbverify", "sbsigntool")
 	efi := "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 	if _, err := os.Stat(efi); err != nil {
 		t.Fatalf("%s not found: apt-get install systemd-boot-efi", efi)
@@ -223,7 +215,7 @@ func TestSecureBootCertificate(t *testing.T) {
 }
 
 func TestPCRPolicyAndTUFKeysReadByOpenSSL(t *testing.T) {
-	openssl := requireTool(t, "openssl", "openssl")
+	openssl := testtool.Require(t, "openssl", "openssl")
 	dir := fullKeys(t)
 	if out := run(t, openssl, "pkey", "-pubin", "-in", filepath.Join(dir, "pcr-policy.pub"), "-noout", "-text"); !strings.Contains(out, "Public-Key: (2048 bit)") {
 		t.Errorf("pcr-policy.pub: %s", out)

@@ -12,31 +12,16 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 const mib = 1 << 20
 
-// requireTool finds a reference tool, looking in the sbin folders too, or fails the test naming the
-// Debian package to install.
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	return ""
-}
-
 // fsck runs fsck.fat -n on a FAT image file and fails the test unless it exits 0.
 func fsck(t *testing.T, img string) {
 	t.Helper()
-	out, err := exec.Command(requireTool(t, "fsck.fat", "dosfstools"), "-n", img).CombinedOutput()
+	out, err := exec.Command(testtool.Require(t, "fsck.fat", "dosfstools"), "-n", img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("fsck.fat -n %s: %v\n%s", img, err, out)
 	}
@@ -45,7 +30,7 @@ func fsck(t *testing.T, img string) {
 // mtools runs an mtools command on img and returns its standard output.
 func mtools(t *testing.T, tool string, args ...string) []byte {
 	t.Helper()
-	cmd := exec.Command(requireTool(t, tool, "mtools"), args...)
+	cmd := exec.Command(testtool.Require(t, tool, "mtools"), args...)
 	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

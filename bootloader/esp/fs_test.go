@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 const (
@@ -256,7 +258,7 @@ func TestFSErrors(t *testing.T) {
 
 // TestFSOpensMkfsImage edits an ESP made by mkfs.fat, as on a device formatted by another tool.
 func TestFSOpensMkfsImage(t *testing.T) {
-	mkfs := requireTool(t, "mkfs.fat", "dosfstools")
+	mkfs := testtool.Require(t, "mkfs.fat", "dosfstools")
 	p := filepath.Join(t.TempDir(), "esp.img")
 	if err := os.WriteFile(p, nil, 0o644); err != nil {
 		t.Fatal(err)

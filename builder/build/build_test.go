@@ -21,6 +21,7 @@ import (
 	"github.com/basalt-os/basalt/builder/build"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/images/disk"
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 const (
@@ -28,17 +29,6 @@ const (
 	sdbootPath = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 	epoch      = 1700000000
 )
-
-func requireTool(t testing.TB, name, pkg string) string {
-	t.Helper()
-	for _, dir := range []string{"", "/usr/sbin/", "/sbin/", "/usr/lib/systemd/"} {
-		if p, err := exec.LookPath(dir + name); err == nil {
-			return p
-		}
-	}
-	t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	return ""
-}
 
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
@@ -146,15 +136,15 @@ func extract(t testing.TB, diskPath string, number int, dst string) int64 {
 }
 
 func TestBuildReadBackByReferenceTools(t *testing.T) {
-	sgdisk := requireTool(t, "sgdisk", "gdisk")
-	e2fsck := requireTool(t, "e2fsck", "e2fsprogs")
-	debugfs := requireTool(t, "debugfs", "e2fsprogs")
-	veritysetup := requireTool(t, "veritysetup", "cryptsetup-bin")
-	fsckfat := requireTool(t, "fsck.fat", "dosfstools")
-	mcopy := requireTool(t, "mcopy", "mtools")
-	objdump := requireTool(t, "objdump", "binutils")
-	measure := requireTool(t, "systemd-measure", "systemd")
-	zstd := requireTool(t, "zstd", "zstd")
+	sgdisk := testtool.Require(t, "sgdisk", "gdisk")
+	e2fsck := testtool.Require(t, "e2fsck", "e2fsprogs")
+	debugfs := testtool.Require(t, "debugfs", "e2fsprogs")
+	veritysetup := testtool.Require(t, "veritysetup", "cryptsetup-bin")
+	fsckfat := testtool.Require(t, "fsck.fat", "dosfstools")
+	mcopy := testtool.Require(t, "mcopy", "mtools")
+	objdump := testtool.Require(t, "objdump", "binutils")
+	measure := testtool.Require(t, "systemd-measure", "systemd")
+	zstd := testtool.Require(t, "zstd", "zstd")
 
 	tmp := t.TempDir()
 	rootfs := filepath.Join(tmp, "rootfs")
@@ -352,8 +342,8 @@ func TestBuildErrorsLeaveNothingBehind(t *testing.T) {
 
 // The same tree as a folder and as a zstd tarball made by GNU tar gives a byte-identical root image.
 func TestBuildFolderAndTarballAgree(t *testing.T) {
-	tarTool := requireTool(t, "tar", "tar")
-	requireTool(t, "zstd", "zstd")
+	tarTool := testtool.Require(t, "tar", "tar")
+	testtool.Require(t, "zstd", "zstd")
 	tmp := t.TempDir()
 	rootfs := filepath.Join(tmp, "rootfs")
 	makeRootfs(t, rootfs)

@@ -15,23 +15,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// requireTool finds a reference tool, also in the sbin folders, or fails naming its Debian package.
-func requireTool(t testing.TB, name, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	return ""
-}
+	"github.com/basalt-os/basalt/internal/testtool"
+)
 
 // entry is one tar entry; data is the content of a regular file.
 type entry struct {
@@ -104,7 +90,7 @@ func writeImage(t *testing.T, stream []byte, opts Options) (string, int64) {
 // debugfs runs one debugfs request against the image and returns its output.
 func debugfs(t *testing.T, img, request string) string {
 	t.Helper()
-	cmd := exec.Command(requireTool(t, "debugfs", "e2fsprogs"), "-R", request, img)
+	cmd := exec.Command(testtool.Require(t, "debugfs", "e2fsprogs"), "-R", request, img)
 	cmd.Env = append(os.Environ(), "TZ=UTC")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -115,7 +101,7 @@ func debugfs(t *testing.T, img, request string) string {
 
 func e2fsck(t *testing.T, img string) {
 	t.Helper()
-	out, err := exec.Command(requireTool(t, "e2fsck", "e2fsprogs"), "-fn", img).CombinedOutput()
+	out, err := exec.Command(testtool.Require(t, "e2fsck", "e2fsprogs"), "-fn", img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("e2fsck -fn: %v\n%s", err, out)
 	}
@@ -323,7 +309,7 @@ func TestDeterministic(t *testing.T) {
 	}
 	e2fsck(t, p1)
 
-	out, err := exec.Command(requireTool(t, "dumpe2fs", "e2fsprogs"), "-h", p1).CombinedOutput()
+	out, err := exec.Command(testtool.Require(t, "dumpe2fs", "e2fsprogs"), "-h", p1).CombinedOutput()
 	if err != nil {
 		t.Fatalf("dumpe2fs -h: %v\n%s", err, out)
 	}

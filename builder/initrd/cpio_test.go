@@ -17,24 +17,11 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 var testMtime = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
-
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		p := filepath.Join(dir, name)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	return ""
-}
 
 // testEntries is a small initramfs: implied parents (bin, usr, usr/lib),
 // explicit directories, files of several modes and owners, symlinks and
@@ -92,7 +79,7 @@ func writeArchive(t *testing.T, data []byte) string {
 }
 
 func TestListWithCpio(t *testing.T) {
-	cpio := requireTool(t, "cpio", "cpio")
+	cpio := testtool.Require(t, "cpio", "cpio")
 	archive := writeArchive(t, build(t, testEntries()))
 	cmd := exec.Command(cpio, "-itv", "--numeric-uid-gid", "-F", archive)
 	out, err := cmd.CombinedOutput()
@@ -186,8 +173,8 @@ func TestExtractAndCompare(t *testing.T) {
 	}
 	archive := writeArchive(t, build(t, entries))
 	tools := map[string][]string{
-		"GNU cpio":     {requireTool(t, "cpio", "cpio"), "-idm", "--no-absolute-filenames", "--quiet"},
-		"busybox cpio": {requireTool(t, "busybox", "busybox-static"), "cpio", "-idm"},
+		"GNU cpio":     {testtool.Require(t, "cpio", "cpio"), "-idm", "--no-absolute-filenames", "--quiet"},
+		"busybox cpio": {testtool.Require(t, "busybox", "busybox-static"), "cpio", "-idm"},
 	}
 	for name, tool := range tools {
 		t.Run(name, func(t *testing.T) {
@@ -267,7 +254,7 @@ func TestMatchesGNUCpio(t *testing.T) {
 	// GNU cpio writing the same tree from disk, with renumbered inodes and
 	// device numbers ignored, must give the same bytes (it then pads the
 	// archive to 512-byte blocks).
-	cpio := requireTool(t, "cpio", "cpio")
+	cpio := testtool.Require(t, "cpio", "cpio")
 	var entries []Entry
 	for _, e := range testEntries() {
 		if os.Geteuid() != 0 {

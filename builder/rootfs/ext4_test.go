@@ -8,12 +8,14 @@ import (
 	"testing"
 
 	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 // TestTar2Ext4 feeds the canonical stream to hcsshim's tar2ext4 and reads
 // the image back with debugfs.
 func TestTar2Ext4(t *testing.T) {
-	debugfs := requireTool(t, "debugfs", "e2fsprogs")
+	debugfs := testtool.Require(t, "debugfs", "e2fsprogs")
 	fx := makeFixture(t)
 	tree, err := FromDir(fx.root, Options{})
 	if err != nil {

@@ -17,23 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// requireTool returns the path of a command-line tool, failing the test
-// with the Debian package to install when it is missing.
-func requireTool(t testing.TB, name, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	return ""
-}
-
 func run(t testing.TB, name string, args ...string) []byte {
 	t.Helper()
 	cmd := exec.Command(name, args...)

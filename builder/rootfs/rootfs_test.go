@@ -15,13 +15,15 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 // TestFromDirWriteTar checks the canonical stream of a folder with Go's
 // archive/tar and GNU tar, and that GNU tar extracts it back to a folder
 // with the same canonical stream.
 func TestFromDirWriteTar(t *testing.T) {
-	gnutar := requireTool(t, "tar", "tar")
+	gnutar := testtool.Require(t, "tar", "tar")
 	fx := makeFixture(t)
 	tree, err := FromDir(fx.root, Options{})
 	if err != nil {
@@ -201,10 +203,10 @@ func TestFromDirWriteTar(t *testing.T) {
 // TestSameTreeAllForms: a folder and GNU tar archives of it, plain and
 // compressed, give the same canonical bytes.
 func TestSameTreeAllForms(t *testing.T) {
-	gnutar := requireTool(t, "tar", "tar")
-	gz := requireTool(t, "gzip", "gzip")
-	xzc := requireTool(t, "xz", "xz-utils")
-	zst := requireTool(t, "zstd", "zstd")
+	gnutar := testtool.Require(t, "tar", "tar")
+	gz := testtool.Require(t, "gzip", "gzip")
+	xzc := testtool.Require(t, "xz", "xz-utils")
+	zst := testtool.Require(t, "zstd", "zstd")
 	fx := makeFixture(t)
 	want := must{t}.canonical(FromDir(fx.root, Options{}))
 
@@ -371,9 +373,9 @@ func TestTarRefused(t *testing.T) {
 }
 
 func TestCorruptTarball(t *testing.T) {
-	gz := requireTool(t, "gzip", "gzip")
-	xzc := requireTool(t, "xz", "xz-utils")
-	zst := requireTool(t, "zstd", "zstd")
+	gz := testtool.Require(t, "gzip", "gzip")
+	xzc := testtool.Require(t, "xz", "xz-utils")
+	zst := testtool.Require(t, "zstd", "zstd")
 	fx := makeFixture(t)
 	dir := t.TempDir()
 	plain := filepath.Join(dir, "full.tar")
@@ -420,7 +422,7 @@ func TestCorruptTarball(t *testing.T) {
 
 // TestOpenChroot: a symlink pointing out of the tree resolves inside it.
 func TestOpenChroot(t *testing.T) {
-	gnutar := requireTool(t, "tar", "tar")
+	gnutar := testtool.Require(t, "tar", "tar")
 	base := t.TempDir()
 	root := filepath.Join(base, "a", "b", "c", "root")
 	for _, d := range []string{"etc", "lib"} {
@@ -572,7 +574,7 @@ func TestChangedFile(t *testing.T) {
 // TestSparseTar: GNU sparse members (old GNU and PAX 1.0 formats) read back
 // with their holes, the same as the folder they came from.
 func TestSparseTar(t *testing.T) {
-	gnutar := requireTool(t, "tar", "tar")
+	gnutar := testtool.Require(t, "tar", "tar")
 	root := filepath.Join(t.TempDir(), "root")
 	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)

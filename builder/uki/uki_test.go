@@ -23,6 +23,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 const (
@@ -32,27 +34,6 @@ const (
 	snakeKey    = "/usr/share/ovmf/PkKek-1-snakeoil.key"
 	snakeCert   = "/usr/share/ovmf/PkKek-1-snakeoil.pem"
 )
-
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	if filepath.IsAbs(name) {
-		if _, err := os.Stat(name); err != nil {
-			t.Fatalf("%s not found: apt-get install %s", name, pkg)
-		}
-		return name
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	return ""
-}
 
 func readFile(t *testing.T, path, pkg string) []byte {
 	t.Helper()
@@ -121,7 +102,7 @@ type objSection struct {
 // objdumpSections parses `objdump -h`.
 func objdumpSections(t *testing.T, path string) []objSection {
 	t.Helper()
-	out := run(t, requireTool(t, "objdump", "binutils"), "-h", path)
+	out := run(t, testtool.Require(t, "objdump", "binutils"), "-h", path)
 	re := regexp.MustCompile(`(?m)^\s*\d+\s+(\S+)\s+([0-9a-f]+)\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\S+\n\s+(.*)$`)
 	var secs []objSection
 	for _, m := range re.FindAllStringSubmatch(out, -1) {
@@ -139,7 +120,7 @@ func objdumpSections(t *testing.T, path string) []objSection {
 // objdumpField reads one field of `objdump -p` as hex.
 func objdumpField(t *testing.T, path, field string) uint64 {
 	t.Helper()
-	out := run(t, requireTool(t, "objdump", "binutils"), "-p", path)
+	out := run(t, testtool.Require(t, "objdump", "binutils"), "-p", path)
 	m := regexp.MustCompile(`(?m)^` + field + `\s+([0-9a-fA-F]+)`).FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("objdump -p: no %s", field)
@@ -194,7 +175,7 @@ func checkLayout(t *testing.T, path string, want []Section) {
 // checkExtract asserts that objcopy extracts exactly the bytes we put in.
 func checkExtract(t *testing.T, path string, want []Section) {
 	t.Helper()
-	objcopy := requireTool(t, "objcopy", "binutils")
+	objcopy := testtool.Require(t, "objcopy", "binutils")
 	dir := t.TempDir()
 	for i, w := range want {
 		out := filepath.Join(dir, fmt.Sprintf("s%d", i))
@@ -213,7 +194,7 @@ func checkExtract(t *testing.T, path string, want []Section) {
 // it knows and returns the sha256 PCR 11 value.
 func systemdMeasure(t *testing.T, dir string, secs []Section) [32]byte {
 	t.Helper()
-	tool := requireTool(t, measurePath, "systemd")
+	tool := testtool.Require(t, measurePath, "systemd")
 	flags := map[string]string{
 		SectionLinux: "--linux", SectionOSRel: "--osrel", SectionCmdline: "--cmdline",
 		SectionInitrd: "--initrd", SectionSplash: "--splash", SectionDTB: "--dtb", SectionPCRPKey: "--pcrpkey",
@@ -249,7 +230,7 @@ func systemdMeasure(t *testing.T, dir string, secs []Section) [32]byte {
 
 func snakeoil(t *testing.T) (crypto.Signer, *x509.Certificate) {
 	t.Helper()
-	openssl := requireTool(t, "openssl", "openssl")
+	openssl := testtool.Require(t, "openssl", "openssl")
 	readFile(t, snakeKey, "ovmf")
 	out, err := exec.Command(openssl, "pkey", "-passin", "pass:snakeoil", "-in", snakeKey).Output()
 	if err != nil {
@@ -277,8 +258,8 @@ func snakeoil(t *testing.T) (crypto.Signer, *x509.Certificate) {
 // verifySigned runs sbverify and osslsigncode on a signed image.
 func verifySigned(t *testing.T, path string) {
 	t.Helper()
-	run(t, requireTool(t, "sbverify", "sbsigntool"), "--cert", snakeCert, path)
-	out := run(t, requireTool(t, "osslsigncode", "osslsigncode"), "verify", "-in", path, "-CAfile", snakeCert)
+	run(t, testtool.Require(t, "sbverify", "sbsigntool"), "--cert", snakeCert, path)
+	out := run(t, testtool.Require(t, "osslsigncode", "osslsigncode"), "verify", "-in", path, "-CAfile", snakeCert)
 	if !strings.Contains(out, "Signature verification: ok") {
 		t.Errorf("osslsigncode verify %s:\n%s", path, out)
 	}
@@ -448,18 +429,18 @@ func TestSignVerify(t *testing.T) {
 	tampered := bytes.Clone(signed)
 	tampered[cmdlineOff] ^= 1
 	tpath := writeFile(t, filepath.Join(dir, "tampered.efi"), tampered)
-	if out, err := exec.Command(requireTool(t, "sbverify", "sbsigntool"), "--cert", snakeCert, tpath).CombinedOutput(); err == nil {
+	if out, err := exec.Command(testtool.Require(t, "sbverify", "sbsigntool"), "--cert", snakeCert, tpath).CombinedOutput(); err == nil {
 		t.Errorf("sbverify accepted a tampered image:\n%s", out)
 	}
-	if out, err := exec.Command(requireTool(t, "osslsigncode", "osslsigncode"), "verify", "-in", tpath, "-CAfile", snakeCert).CombinedOutput(); err == nil {
+	if out, err := exec.Command(testtool.Require(t, "osslsigncode", "osslsigncode"), "verify", "-in", tpath, "-CAfile", snakeCert).CombinedOutput(); err == nil {
 		t.Errorf("osslsigncode accepted a tampered image:\n%s", out)
 	}
 }
 
 func TestDigestMatchesSbsign(t *testing.T) {
 	// sbsign's signature embeds its Authenticode digest; ours must be equal.
-	sbsign := requireTool(t, "sbsign", "sbsigntool")
-	openssl := requireTool(t, "openssl", "openssl")
+	sbsign := testtool.Require(t, "sbsign", "sbsigntool")
+	openssl := testtool.Require(t, "openssl", "openssl")
 	readFile(t, snakeKey, "ovmf")
 	dir := t.TempDir()
 	keyPath := filepath.Join(dir, "key.pem")

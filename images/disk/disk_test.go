@@ -14,30 +14,15 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 const mib = 1 << 20
 
-// requireTool finds a reference tool, looking in the sbin folders too, or fails the test naming the
-// Debian package to install.
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	return ""
-}
-
 func run(t *testing.T, tool, pkg string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(requireTool(t, tool, pkg), args...).CombinedOutput()
+	out, err := exec.Command(testtool.Require(t, tool, pkg), args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", tool, strings.Join(args, " "), err, out)
 	}

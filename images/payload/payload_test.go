@@ -19,16 +19,9 @@ import (
 	"testing"
 
 	"github.com/ulikunitz/xz"
-)
 
-func requireTool(t testing.TB, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	}
-	return p
-}
+	"github.com/basalt-os/basalt/internal/testtool"
+)
 
 // testData returns n deterministic bytes that look like a filesystem image: runs of text, of
 // random bytes and of zeros.
@@ -158,9 +151,9 @@ func (m *memImage) WriteAt(p []byte, off int64) (int, error) {
 func refTool(t *testing.T, c Codec) string {
 	switch c {
 	case XZ:
-		return requireTool(t, "xz", "xz-utils")
+		return testtool.Require(t, "xz", "xz-utils")
 	case Zstd:
-		return requireTool(t, "zstd", "zstd")
+		return testtool.Require(t, "zstd", "zstd")
 	}
 	t.Fatalf("no tool for %q", c)
 	return ""

@@ -13,25 +13,11 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
-// requireTool finds a reference tool, also in the sbin folders, or fails naming its Debian package.
-func requireTool(t testing.TB, name, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	return ""
-}
-
-func veritysetup(t testing.TB) string { return requireTool(t, "veritysetup", "cryptsetup-bin") }
+func veritysetup(t testing.TB) string { return testtool.Require(t, "veritysetup", "cryptsetup-bin") }
 
 // writeData creates a file of n bytes of seeded pseudo-random data.
 func writeData(t testing.TB, path string, n int64, seed uint64) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/basalt-os/basalt/bootloader/esp"
 	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 func osESP(t *testing.T, files ...string) sdboot.OSDir {
@@ -135,7 +136,7 @@ func TestErrors(t *testing.T) {
 // TestESPImage runs the rollback scenario on a FAT32 image edited through bootloader/esp and reads the
 // result back with mtools.
 func TestESPImage(t *testing.T) {
-	mdir := requireTool(t, "mdir", "mtools")
+	mdir := testtool.Require(t, "mdir", "mtools")
 	img := filepath.Join(t.TempDir(), "esp.img")
 	err := esp.Write(img, []esp.File{
 		{Path: "EFI/Linux/basalt_1.0.0.efi", Data: []byte("v1")},
@@ -171,13 +172,4 @@ func TestESPImage(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("mdir: %q, want %q", got, want)
 	}
-}
-
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	}
-	return p
 }

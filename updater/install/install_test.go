@@ -22,6 +22,7 @@ import (
 
 	"github.com/basalt-os/basalt/bootloader/sdboot"
 	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/internal/testtool"
 	"github.com/basalt-os/basalt/updater/bootsim"
 )
 
@@ -124,24 +125,9 @@ func pseudo(seed string, n int) []byte {
 	return out[:n]
 }
 
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	t.Fatalf("%s not found: apt-get install %s", name, pkg)
-	return ""
-}
-
 func run(t *testing.T, tool, pkg string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(requireTool(t, tool, pkg), args...).CombinedOutput()
+	out, err := exec.Command(testtool.Require(t, tool, pkg), args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", tool, strings.Join(args, " "), err, out)
 	}
@@ -388,7 +374,7 @@ func TestInstall(t *testing.T) {
 		t.Fatalf("after boot: %+v, %v", nb, err)
 	}
 	d.Close()
-	if out, err := exec.Command(requireTool(t, "fsck.fat", "dosfstools"), "-n", extract(t, path, images.PartESP)).CombinedOutput(); err != nil {
+	if out, err := exec.Command(testtool.Require(t, "fsck.fat", "dosfstools"), "-n", extract(t, path, images.PartESP)).CombinedOutput(); err != nil {
 		t.Errorf("fsck.fat -n: %v\n%s", err, out)
 	}
 }
