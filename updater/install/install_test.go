@@ -24,6 +24,7 @@ import (
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/internal/testtool"
 	"github.com/basalt-os/basalt/updater/bootsim"
+	"github.com/basalt-os/basalt/updater/internal/testfix"
 )
 
 // Fixtures built once by TestMain with the real builder: a v1 factory disk and a v2 update folder.
@@ -55,74 +56,19 @@ func TestMain(m *testing.M) {
 }
 
 func buildFixtures(dir string) error {
-	basalt := filepath.Join(dir, "basalt")
-	cmd := exec.Command("go", "build", "-o", basalt, "github.com/basalt-os/basalt/builder/cmd/basalt")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build basalt: %v\n%s", err, out)
+	basalt, err := testfix.BuildBasalt(dir)
+	if err != nil {
+		return err
 	}
 	rootfs := filepath.Join(dir, "rootfs")
-	efi := filepath.Join(rootfs, "usr/lib/systemd/boot/efi")
-	for _, d := range []string{filepath.Join(rootfs, "boot"), efi, filepath.Join(rootfs, "etc")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
-		}
-	}
-	for _, f := range []string{"linuxx64.efi.stub", "systemd-bootx64.efi"} {
-		data, err := os.ReadFile(filepath.Join("/usr/lib/systemd/boot/efi", f))
-		if err != nil {
-			return fmt.Errorf("%v: apt-get install systemd-boot-efi", err)
-		}
-		if err := os.WriteFile(filepath.Join(efi, f), data, 0o644); err != nil {
-			return err
-		}
-	}
-	if err := os.WriteFile(filepath.Join(rootfs, "boot/vmlinuz-6.1.0-test"), pseudo("kernel", 200<<10), 0o644); err != nil {
+	if err := testfix.Rootfs(rootfs); err != nil {
 		return err
 	}
-	for i := range 24 {
-		// Half-compressible content: a device's files, more or less.
-		data := append(pseudo(fmt.Sprint("file", i), 40<<10), bytes.Repeat([]byte(fmt.Sprintf("line %d of a config file\n", i)), 2000)...)
-		if err := os.WriteFile(filepath.Join(rootfs, "etc", fmt.Sprintf("f%02d", i)), data, 0o644); err != nil {
-			return err
-		}
-	}
-	for _, v := range []string{"1.0.0", "2.0.0"} {
-		if err := os.WriteFile(filepath.Join(rootfs, "etc/os-release"), []byte("ID=basalt\nVERSION_ID="+v+"\n"), 0o644); err != nil {
-			return err
-		}
-		cfg := filepath.Join(dir, v+".yaml")
-		y := fmt.Sprintf("name: basalt\nversion: %s\narch: x86_64\nrootfs:\n  dir: rootfs\nkernel:\n  cmdline: console=ttyS0\n"+
-			"disk:\n  size: 200MiB\n  esp: 64MiB\n  root: 32MiB\npayload:\n  compression: zstd\n  blockSize: 64KiB\n", v)
-		if err := os.WriteFile(cfg, []byte(y), 0o644); err != nil {
-			return err
-		}
-		cmd := exec.Command(basalt, "build", "-q", cfg, "--out", filepath.Join(dir, v))
-		cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("basalt build %s: %v\n%s", v, err, out)
-		}
-	}
-	fx.v1Disk = filepath.Join(dir, "1.0.0", "disk.raw")
-	fx.v2Dir = filepath.Join(dir, "2.0.0", "update")
-	var err error
-	if fx.v1, err = images.ReadManifest(filepath.Join(dir, "1.0.0", "update", images.ManifestFile)); err != nil {
+	if fx.v1Disk, _, fx.v1, err = testfix.Build(basalt, rootfs, dir, "basalt", "1.0.0"); err != nil {
 		return err
 	}
-	if fx.v2, err = images.ReadManifest(filepath.Join(fx.v2Dir, images.ManifestFile)); err != nil {
-		return err
-	}
-	return nil
-}
-
-// pseudo returns n deterministic incompressible bytes.
-func pseudo(seed string, n int) []byte {
-	out := make([]byte, 0, n+32)
-	h := sha256.Sum256([]byte(seed))
-	for len(out) < n {
-		h = sha256.Sum256(h[:])
-		out = append(out, h[:]...)
-	}
-	return out[:n]
+	_, fx.v2Dir, fx.v2, err = testfix.Build(basalt, rootfs, dir, "basalt", "2.0.0")
+	return err
 }
 
 func run(t *testing.T, tool, pkg string, args ...string) string {
@@ -187,7 +133,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if isPayload && s.garbage {
 		w.WriteHeader(http.StatusOK)
 		for i := 0; i < 64; i++ { // "endless": far more than the payload; the client stops reading
-			if _, err := w.Write(pseudo(fmt.Sprint(i), 1<<20)); err != nil {
+			if _, err := w.Write(testfix.Pseudo(fmt.Sprint(i), 1<<20)); err != nil {
 				return
 			}
 		}
