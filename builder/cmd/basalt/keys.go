@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/rand"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,7 +27,7 @@ Keys can be kept apart: a host needs the folder's public files (basalt keys expo
 the private keys of its job - root keys offline, targets and snapshot on the publishing host, the
 timestamp key wherever 'basalt repo refresh' runs from cron.`,
 	}
-	cmd.AddCommand(newKeysInitCmd(), newKeysExportCmd(), newKeysListCmd())
+	cmd.AddCommand(newKeysInitCmd(), newKeysExportCmd(), newKeysListCmd(), newKeysImportSecureBootCmd())
 	return cmd
 }
 
@@ -159,4 +160,50 @@ func printReadme(cmd *cobra.Command, s *keys.Store) error {
 		return fmt.Errorf("write: %w", err)
 	}
 	return nil
+}
+
+func newKeysImportSecureBootCmd() *cobra.Command {
+	var dir, keyFile, certFile string
+	cmd := &cobra.Command{
+		Use:   "import-secureboot --dir KEYS --key KEY.pem --cert CERT.pem",
+		Short: "Sign with an existing Secure Boot key whose certificate the firmware already trusts",
+		Long: `import-secureboot copies a Secure Boot signing key (RSA 2048, unencrypted PEM) and its X.509
+certificate (PEM) into the key folder. Builds then sign systemd-boot and the UKIs with it; the Secure
+Boot key that was there before is retired (its files stay).
+
+Use it when the devices' firmware db already holds a certificate: a vendor's, or the test-only
+"snakeoil" certificate of Debian's OVMF_CODE_4M.snakeoil.fd. The store holds keys unencrypted under
+0700/0600 permissions: decrypt a passphrase-protected key first, into a 0600 file.`,
+		Example: `  # QEMU with Debian's Secure Boot test firmware (ovmf package):
+  (umask 077; openssl pkey -in /usr/share/ovmf/PkKek-1-snakeoil.key -passin pass:snakeoil -out sb.key)
+  basalt keys import-secureboot --dir keys --key sb.key --cert /usr/share/ovmf/PkKek-1-snakeoil.pem`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := keys.Open(dir)
+			if err != nil {
+				return err
+			}
+			keyData, err := os.ReadFile(keyFile)
+			if err != nil {
+				return usageError{fmt.Errorf("--key: %w", err)}
+			}
+			certData, err := os.ReadFile(certFile)
+			if err != nil {
+				return usageError{fmt.Errorf("--cert: %w", err)}
+			}
+			e, err := s.ImportSecureBoot(keyData, certData, time.Now())
+			if err != nil {
+				return err
+			}
+			loggerFrom(cmd.Context()).Info("secure boot key imported", "name", e.Name, "subject", e.Subject, "id", e.KeyID)
+			return printReadme(cmd, s)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "key folder (required)")
+	cmd.Flags().StringVar(&keyFile, "key", "", "PEM private key, unencrypted (required)")
+	cmd.Flags().StringVar(&certFile, "cert", "", "PEM certificate of that key (required)")
+	cmd.MarkFlagRequired("dir")
+	cmd.MarkFlagRequired("key")
+	cmd.MarkFlagRequired("cert")
+	return cmd
 }
