@@ -19,11 +19,15 @@ for a in sh ls cat echo mount umount sleep poweroff reboot; do ln -s busybox "$d
 cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi /usr/lib/systemd/boot/efi/linuxx64.efi.stub "$dir/usr/lib/systemd/boot/efi/"
 cp "$kdir"/boot/vmlinuz-* "$dir/boot/"
 rel=$(basename "$kdir"/boot/vmlinuz-* | sed 's/^vmlinuz-//')
-# The modules an initrd needs to find, verify and mount the root (virtio disk, dm-verity, ext4, vfat).
 mkdir -p "$dir/lib/modules/$rel"
-(cd "$kdir/lib/modules/$rel" && find kernel \( -name 'virtio*.ko' -o -name 'dm-*.ko' -o -name 'ext4.ko' \
-   -o -name 'jbd2.ko' -o -name 'mbcache.ko' -o -name 'crc16.ko' -o -name 'reed_solomon.ko' -o -name 'vfat.ko' \
-   -o -name 'fat.ko' -o -name 'overlay.ko' -o -name 'i6300esb.ko' \) -print0 | cpio -0pdm --quiet "$dir/lib/modules/$rel")
+# The modules an initrd needs to find, verify and mount the root (virtio disk, dm-verity, ext4, vfat), and
+# the network (virtio-net) and watchdog drivers the end-to-end guest uses.
+mods=(virtio*.ko dm-*.ko ext4.ko jbd2.ko mbcache.ko crc16.ko reed_solomon.ko vfat.ko fat.ko overlay.ko i6300esb.ko
+  net_failover.ko failover.ko nls_cp437.ko nls_ascii.ko nls_utf8.ko crc32c_generic.ko libcrc32c.ko)
+find_args=()
+for m in "${mods[@]}"; do find_args+=(-o -name "$m"); done
+(cd "$kdir/lib/modules/$rel" && find kernel \( "${find_args[@]:1}" \) -print0 | cpio -0pdm --quiet "$dir/lib/modules/$rel")
+cp "$kdir/lib/modules/$rel/modules.builtin" "$dir/lib/modules/$rel/" 2>/dev/null || true
 cat > "$dir/etc/os-release" <<OS
 NAME="Basalt Demo"
 ID=basalt-demo

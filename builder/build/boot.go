@@ -40,7 +40,7 @@ func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, 
 	if err != nil {
 		return nil, err
 	}
-	initrdImg, err := b.buildInitrd(tree)
+	initrdImg, err := b.buildInitrd(tree, kernelRelease(kpath))
 	if err != nil {
 		return nil, err
 	}
@@ -138,8 +138,9 @@ func (b *builder) osRelease(tree *rootfs.Tree) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// buildInitrd packs the config's initrd files from the rootfs into a deterministic cpio archive.
-func (b *builder) buildInitrd(tree *rootfs.Tree) ([]byte, error) {
+// buildInitrd packs into a deterministic cpio archive the config's initrd files from the rootfs, the
+// configured kernel modules of the given release with their dependencies, and basalt-init as /init.
+func (b *builder) buildInitrd(tree *rootfs.Tree, release string) ([]byte, error) {
 	a := initrd.New(b.created)
 	for _, f := range b.Config.Initrd.Files {
 		hdr, err := tree.Stat(f.Src)
@@ -155,8 +156,11 @@ func (b *builder) buildInitrd(tree *rootfs.Tree) ([]byte, error) {
 			return nil, fmt.Errorf("initrd: %w", err)
 		}
 	}
-	if len(b.Config.Initrd.Modules) > 0 {
-		return nil, fmt.Errorf("%s: initrd.modules is not supported yet", b.Config.Source)
+	if err := b.addInitrdModules(a, tree, release); err != nil {
+		return nil, err
+	}
+	if err := b.addInit(a, tree); err != nil {
+		return nil, err
 	}
 	var buf bytes.Buffer
 	if _, err := a.WriteTo(&buf); err != nil {

@@ -1,0 +1,93 @@
+// Command basalt-init is the initrd's /init (PID 1): it loads the initrd's kernel modules, finds the
+// root partition named by the verity root hash on the kernel command line, mounts it read-only through
+// dm-verity, mounts the state partition, the /etc overlay and the ESP, and switches to the OS's init.
+// On any failure it prints "basalt-init: FATAL: ..." and reboots; it never starts a shell.
+//
+// Build it static: CGO_ENABLED=0 go build ./bootloader/cmd/basalt-init
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/basalt-os/basalt/bootloader/initboot"
+	"github.com/basalt-os/basalt/bootloader/kmod"
+)
+
+const prefix = "basalt-init: "
+
+// console writes each line to the console and to the kernel log.
+type console struct {
+	out  io.Writer // /dev/console, or the stdout the kernel gave us
+	kmsg io.Writer // /dev/kmsg, once devtmpfs is mounted
+}
+
+func (c *console) line(level int, format string, args ...any) {
+	msg := prefix + fmt.Sprintf(format, args...)
+	if c.out != nil {
+		fmt.Fprintln(c.out, msg)
+	}
+	if c.kmsg != nil {
+		// Level 7 (debug) stays out of the console at the default loglevel, so a line shows once.
+		fmt.Fprintf(c.kmsg, "<%d>%s\n", level, msg)
+	}
+}
+
+func (c *console) logf(format string, args ...any) { c.line(7, format, args...) }
+
+func (c *console) fatal(err error) {
+	c.line(2, "FATAL: %v", err)
+	time.Sleep(3 * time.Second)
+	unix.Sync()
+	for {
+		if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
+			c.line(2, "FATAL: reboot: %v", err)
+		}
+		time.Sleep(10 * time.Second) // PID 1 must never exit
+	}
+}
+
+func main() {
+	c := &console{out: os.Stdout}
+	b := &initboot.Boot{
+		Root:    "/",
+		Mounter: initboot.SysMounter{},
+		Mapper:  initboot.DMMapper{},
+		Modules: func(dir string) initboot.ModuleLoader { return &kmod.Loader{Dir: dir} },
+		Release: initboot.KernelRelease,
+		Mkfs: func(dev string, size int64) error {
+			return initboot.MakeStateFS(dev, 0, size)
+		},
+		Logf: c.logf,
+	}
+	if err := b.EarlyMounts(); err != nil {
+		c.fatal(err)
+	}
+	if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
+		c.out = f
+	}
+	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		c.kmsg = f
+	}
+	start := time.Now()
+	res, err := b.Run(context.Background())
+	if err != nil {
+		c.fatal(err)
+	}
+	init := res.Cmdline.Init
+	if fi, err := os.Stat(initboot.SysRoot + init); err != nil || fi.Mode()&0o111 == 0 {
+		if err == nil {
+			err = fmt.Errorf("%s is not executable", init)
+		}
+		c.fatal(fmt.Errorf("init %s in the root: %w", init, err))
+	}
+	c.logf("root ready in %s", time.Since(start).Round(time.Millisecond))
+	c.logf("starting %s", init)
+	err = initboot.SwitchRoot(initboot.SysRoot, init, c.logf)
+	c.fatal(fmt.Errorf("switch root: %w", err))
+}

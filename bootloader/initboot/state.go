@@ -1,0 +1,57 @@
+package initboot
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem/ext4"
+)
+
+// StateLabel is the volume label of the state filesystem.
+const StateLabel = "state"
+
+// ext4 superblock magic: at byte 1024 (the superblock) + 0x38.
+const (
+	ext4MagicOffset = 1024 + 0x38
+	ext4Magic       = 0xEF53
+)
+
+// HasExt4 reports whether the partition starting at off in r holds an ext2/3/4 superblock.
+func HasExt4(r io.ReaderAt, off int64) (bool, error) {
+	var b [2]byte
+	if _, err := r.ReadAt(b[:], off+ext4MagicOffset); err != nil {
+		return false, fmt.Errorf("read ext4 superblock magic: %w", err)
+	}
+	return binary.LittleEndian.Uint16(b[:]) == ext4Magic, nil
+}
+
+// MakeStateFS writes an empty ext4 filesystem labelled "state" of size bytes at byte start of the
+// device or file at path. Its UUID is random.
+//
+// TODO(state encryption): the state partition is to be a LUKS2/dm-crypt volume whose key is sealed to
+// the TPM with PolicyAuthorize under the PCR-policy key; until then it is plain ext4.
+func MakeStateFS(path string, start, size int64) error {
+	// Not exclusive: the whole disk may be open elsewhere (we read its GPT through it).
+	be, err := file.OpenFromPathWithExclusive(path, false, false)
+	if err != nil {
+		return fmt.Errorf("make state filesystem: %w", err)
+	}
+	f, err := be.Sys()
+	if err != nil {
+		return fmt.Errorf("make state filesystem: %w", err)
+	}
+	defer f.Close()
+	if _, err := ext4.Create(be, size, start, 512, &ext4.Params{VolumeName: StateLabel}); err != nil {
+		return fmt.Errorf("make state filesystem on %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("make state filesystem on %s: sync: %w", path, err)
+	}
+	return nil
+}
+
+// openReaderAt opens path for reading.
+func openReaderAt(path string) (*os.File, error) { return os.Open(path) }

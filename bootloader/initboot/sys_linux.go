@@ -1,0 +1,121 @@
+package initboot
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/basalt-os/basalt/bootloader/dm"
+)
+
+// SysMounter mounts with mount(2).
+type SysMounter struct{}
+
+// Mount calls mount(2).
+func (SysMounter) Mount(source, target, fstype string, flags uintptr, data string) error {
+	return unix.Mount(source, target, fstype, flags, data)
+}
+
+// DMMapper creates device-mapper devices through /dev/mapper/control and their /dev/mapper nodes.
+type DMMapper struct{}
+
+// CreateReadOnly creates the read-only device name with target t and returns /dev/mapper/<name>.
+func (DMMapper) CreateReadOnly(name string, t dm.Target) (string, error) {
+	c, err := dm.Open(dm.ControlPath)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	major, minor, err := c.Create(name, "", []dm.Target{t}, true)
+	if err != nil {
+		return "", err
+	}
+	node := "/dev/mapper/" + name
+	if err := dm.EnsureNode(node, major, minor); err != nil {
+		return "", fmt.Errorf("device node of %s: %w", name, err)
+	}
+	return node, nil
+}
+
+// KernelRelease is uname -r.
+func KernelRelease() (string, error) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "", err
+	}
+	return unix.ByteSliceToString(u.Release[:]), nil
+}
+
+// SwitchRoot moves /dev, /proc and /sys into newRoot, deletes the initramfs's files (best effort),
+// makes newRoot the root and executes init there with argv[0] = init. It returns only on failure.
+func SwitchRoot(newRoot, init string, logf func(string, ...any)) error {
+	for _, m := range []string{"/dev", "/proc", "/sys"} {
+		if err := unix.Mount(m, newRoot+m, "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("move %s into %s: %w", m, newRoot, err)
+		}
+	}
+	if err := cleanInitramfs(newRoot); err != nil {
+		logf("cleaning the initramfs: %v (continuing)", err)
+	}
+	if err := unix.Chdir(newRoot); err != nil {
+		return fmt.Errorf("chdir %s: %w", newRoot, err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move %s to /: %w", newRoot, err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("chdir /: %w", err)
+	}
+	if err := syscall.Exec(init, []string{init}, os.Environ()); err != nil {
+		return fmt.Errorf("exec %s: %w", init, err)
+	}
+	return nil
+}
+
+// cleanInitramfs removes the files of the initramfs (the filesystem "/" is on) except newRoot,
+// without crossing into other filesystems, to free their memory.
+func cleanInitramfs(newRoot string) error {
+	var rootSt unix.Stat_t
+	if err := unix.Lstat("/", &rootSt); err != nil {
+		return err
+	}
+	var errs []error
+	var walk func(dir string)
+	walk = func(dir string) {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		for _, e := range ents {
+			p := filepath.Join(dir, e.Name())
+			if p == newRoot {
+				continue
+			}
+			var st unix.Stat_t
+			if err := unix.Lstat(p, &st); err != nil || st.Dev != rootSt.Dev {
+				continue // another filesystem mounted here: leave it
+			}
+			if e.Type()&fs.ModeDir != 0 {
+				walk(p)
+				if err := unix.Rmdir(p); err != nil && !errors.Is(err, unix.EBUSY) {
+					errs = append(errs, err)
+				}
+				continue
+			}
+			if err := unix.Unlink(p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	walk("/")
+	return errors.Join(errs...)
+}
