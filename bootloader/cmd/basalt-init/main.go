@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -80,14 +81,37 @@ func main() {
 		c.fatal(err)
 	}
 	init := res.Cmdline.Init
-	if fi, err := os.Stat(initboot.SysRoot + init); err != nil || fi.Mode()&0o111 == 0 {
-		if err == nil {
-			err = fmt.Errorf("%s is not executable", init)
-		}
+	if err := checkExecutable(initboot.SysRoot, init); err != nil {
 		c.fatal(fmt.Errorf("init %s in the root: %w", init, err))
 	}
 	c.logf("root ready in %s", time.Since(start).Round(time.Millisecond))
 	c.logf("starting %s", init)
 	err = initboot.SwitchRoot(initboot.SysRoot, init, c.logf)
 	c.fatal(fmt.Errorf("switch root: %w", err))
+}
+
+// checkExecutable checks that path, resolved inside root the way it will be after switch_root (an
+// absolute symlink such as /sbin/init -> /lib/systemd/systemd stays inside root), is an executable
+// regular file.
+func checkExecutable(root, path string) error {
+	dir, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dir)
+	fd, err := unix.Openat2(dir, strings.TrimPrefix(path, "/"), &unix.OpenHow{
+		Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT,
+	})
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o111 == 0 {
+		return fmt.Errorf("not an executable file (mode %o)", st.Mode)
+	}
+	return nil
 }
