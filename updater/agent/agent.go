@@ -12,6 +12,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/basalt-os/basalt/bootloader/sdboot"
@@ -49,6 +52,9 @@ type Agent struct {
 	HealthSleep func(context.Context, time.Duration) error
 	// OnSave, if set, is called after every durable state change (tests use it to cut the process).
 	OnSave func(state.State)
+	// Written, if set, is called with the payload bytes of every stretch of blocks an install writes
+	// (metrics).
+	Written func(n int64)
 }
 
 func (a *Agent) log() *slog.Logger {
@@ -136,9 +142,10 @@ func (a *Agent) open() (*session, error) {
 			return s, nil
 		}
 	}
+	loaded := s.st
 	if n, err := state.Next(s.st, state.Event{Kind: state.Boot, Version: s.version}); err == nil {
 		if n.Phase == state.Failed && s.st.Phase != state.Failed {
-			a.log().Warn("update did not come up; running the previous version", "version", s.st.Target, "running", s.version)
+			a.log().Warn("update failed to boot", "version", s.st.Target, "running", s.version)
 		}
 		s.st = n
 	} else if s.st.Current != s.version && (s.st.Phase == state.Idle || s.st.Phase == state.Good) {
@@ -146,15 +153,22 @@ func (a *Agent) open() (*session, error) {
 		a.log().Warn("state file names another running version; rebuilding", "state", s.st.Current, "running", s.version)
 		s.st, s.rebuilt = state.Rebuild(facts), true
 	}
-	if err := a.save(s); err != nil {
-		d.Close()
-		return nil, err
+	// Write only what changed: reading the state (status, a check with nothing to do) must work on a
+	// full state partition.
+	if s.rebuilt || !reflect.DeepEqual(loaded, s.st) {
+		if err := a.save(s); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }
 
 func (a *Agent) save(s *session) error {
 	if err := state.Save(a.StatePath(), s.st); err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			return fmt.Errorf("record state: state partition full (%s): %w", a.Config.StateDir, err)
+		}
 		return fmt.Errorf("record state: %w", err)
 	}
 	if a.OnSave != nil {
@@ -219,11 +233,20 @@ func (a *Agent) client() (*tufclient.Client, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return tufclient.New(tufclient.Config{
+	c, err := tufclient.New(tufclient.Config{
 		URL: a.Config.Repository.URL, TrustedRoot: root, CacheDir: filepath.Join(a.Config.StateDir, "tuf"),
 		Channel: a.Config.Channel, Name: a.Config.Name, Arch: a.Config.Arch, Compatible: a.Config.Compatible,
 		Client: a.HTTP, Now: now,
 	})
+	return c, a.full(err)
+}
+
+// full says so when err comes from a full state partition.
+func (a *Agent) full(err error) error {
+	if err != nil && errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("state partition full (%s); nothing was changed on the slots or boot entries: %w", a.Config.StateDir, err)
+	}
+	return err
 }
 
 // Check refreshes the TUF metadata and returns the release install would pick (pin: exactly that one).
@@ -238,7 +261,7 @@ func (a *Agent) Check(ctx context.Context, pin string) (*tufclient.Release, erro
 		return nil, err
 	}
 	rel, err := c.Check(s.version, pin, s.st.Bad)
-	if err != nil {
+	if err = a.full(err); err != nil {
 		return nil, err
 	}
 	return &rel, nil
@@ -277,7 +300,7 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 		return nil, err
 	}
 	rel, err := c.Check(s.version, pin, s.st.Bad)
-	if err != nil {
+	if err = a.full(err); err != nil {
 		return nil, err
 	}
 	m, err := c.Manifest(rel)
@@ -292,11 +315,51 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 	if err := a.apply(s, state.Event{Kind: state.Start, Version: m.Version, Slot: slot, Force: pin != ""}); err != nil {
 		return nil, err
 	}
-	in := &install.Installer{Disk: s.disk, Manifest: m, Fetcher: f, Slot: slot, Active: s.booted.Slot, Retry: a.Retry, Progress: a.Progress,
-		Checkpoint: func(n int) error { return a.apply(s, state.Event{Kind: state.Progress, Blocks: n}) }}
+	ix := &m.Root.Payload.Index
+	blocks := len(ix.Blocks)
+	logProgress := func(phase string, written, total int) {
+		a.log().Info("install progress", "version", m.Version, "phase", phase, "written", written, "total", total)
+	}
+	// Payload bytes already written: where the download resumes.
+	var done int64
+	if cp := s.st.Checkpoint; cp > 0 && cp < blocks {
+		done = ix.Blocks[cp].Offset
+	}
+	progress := func(d, total int64) {
+		if a.Written != nil && d > done {
+			a.Written(d - done)
+		}
+		done = max(done, d)
+		if a.Progress != nil {
+			a.Progress(d, total)
+		}
+	}
+	var verifyMu sync.Mutex
+	verifyStep := 0
+	verifyProgress := func(d, total int64) {
+		verifyMu.Lock()
+		defer verifyMu.Unlock()
+		if step := int(d * 16 / total); step > verifyStep && step < 16 { // the end is logged after the check
+			verifyStep = step
+			logProgress("verify", int(d*int64(blocks)/total), blocks)
+		}
+	}
+	in := &install.Installer{Disk: s.disk, Manifest: m, Fetcher: f, Slot: slot, Active: s.booted.Slot, Retry: a.Retry,
+		Progress: progress, VerifyProgress: verifyProgress,
+		Checkpoint: func(n int) error {
+			if err := a.apply(s, state.Event{Kind: state.Progress, Blocks: n}); err != nil {
+				return err
+			}
+			logProgress("download", n, blocks)
+			return nil
+		}}
 	res := &Result{Version: m.Version, Slot: slot, Resumed: s.st.Checkpoint}
 	fail := func(step string, err error) (*Result, error) {
 		err = fmt.Errorf("%s: %w", step, err)
+		if errors.Is(err, install.ErrDownload) || errors.Is(err, context.Canceled) {
+			// The network, or a stop (SIGTERM): keep the state and its checkpoint, the next run resumes.
+			return nil, err
+		}
 		if ferr := a.apply(s, state.Event{Kind: state.Fail, Err: err.Error()}); ferr != nil {
 			a.log().Error("record failure", "err", ferr)
 		}
@@ -309,11 +372,10 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 		if err := in.Prune(s.version); err != nil {
 			return fail("remove stale entries", err)
 		}
+		if a.Progress != nil {
+			a.Progress(done, ix.Size)
+		}
 		if err := in.WriteSlot(ctx, s.st.Checkpoint); err != nil {
-			if errors.Is(err, install.ErrDownload) || errors.Is(err, context.Canceled) {
-				// Keep the checkpoint: the next run resumes.
-				return nil, fmt.Errorf("write %s: %w", slot, err)
-			}
 			return fail("write "+slot, err)
 		}
 		if err := a.apply(s, state.Event{Kind: state.Write}); err != nil {
@@ -321,30 +383,50 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 		}
 	}
 	if s.st.Phase == state.Written {
+		a.log().Info("verifying slot", "version", m.Version, "slot", slot)
 		if err := in.VerifySlot(); err != nil {
 			return fail("verify "+slot, err)
 		}
 		if err := a.apply(s, state.Event{Kind: state.Verify}); err != nil {
 			return nil, err
 		}
+		logProgress("verify", blocks, blocks)
 	}
+	res.Entry = sdboot.NewEntry(m.Name, m.Version, sdboot.DefaultTries).FileName()
 	if s.st.Phase == state.Verified {
 		if err := in.SetPartUUID(); err != nil {
 			return fail("set partition UUID", err)
 		}
+		a.log().Info("switching boot entry", "version", m.Version, "entry", res.Entry)
 		if err := in.Switch(ctx); err != nil {
 			return fail("switch", err)
 		}
 		if err := a.apply(s, state.Event{Kind: state.Switch}); err != nil {
 			return nil, err
 		}
+		logProgress("switch", 1, 1)
 	}
-	res.Entry = sdboot.NewEntry(m.Name, m.Version, sdboot.DefaultTries).FileName()
-	if !noReboot && !a.ImageMode && a.Config.Reboot == "auto" && a.Reboot != nil {
+	a.log().Info("update installed", "version", m.Version, "slot", slot, "entry", res.Entry)
+	if !noReboot && a.mayReboot() {
 		res.Rebooting = true
-		return res, a.Reboot()
+		return res, a.reboot()
 	}
 	return res, nil
+}
+
+// mayReboot says whether the agent reboots after a switch or rollback: a device (not an image) whose
+// configuration says reboot: auto.
+func (a *Agent) mayReboot() bool {
+	return !a.ImageMode && a.Config.Reboot == "auto" && a.Reboot != nil
+}
+
+// reboot logs the reboot and asks for it.
+func (a *Agent) reboot() error {
+	a.log().Info("rebooting")
+	if err := a.Reboot(); err != nil {
+		return fmt.Errorf("reboot: %w", err)
+	}
+	return nil
 }
 
 // ErrNotBlessed is returned by Install when the running version is not a known-good one (its entry is
@@ -401,6 +483,7 @@ func (a *Agent) MarkGood(ctx context.Context) error {
 	if err := a.apply(s, state.Event{Kind: state.Healthy}); err != nil {
 		return err
 	}
+	a.log().Info("version blessed", "version", s.version)
 	// Keep the running version and the previous good one (the other slot still holds it).
 	for _, e := range entries {
 		if e.Name == a.Config.Name && e.Version != s.st.Current && e.Version != s.st.Previous {
@@ -415,9 +498,15 @@ func (a *Agent) MarkGood(ctx context.Context) error {
 // Rollback marks the pending or running new version bad so that the next boot runs the previous one,
 // records it, and reboots unless noReboot (or in image mode).
 func (a *Agent) Rollback(ctx context.Context, noReboot bool) error {
+	_, err := a.rollback(ctx, noReboot)
+	return err
+}
+
+// rollback is Rollback; it also says whether it asked for a reboot.
+func (a *Agent) rollback(ctx context.Context, noReboot bool) (rebooting bool, err error) {
 	s, err := a.open()
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer s.close()
 	bad := s.st.Target
@@ -426,50 +515,114 @@ func (a *Agent) Rollback(ctx context.Context, noReboot bool) error {
 	}
 	n, err := state.Next(s.st, state.Event{Kind: state.Rollback})
 	if err != nil {
-		return err
+		return false, err
 	}
 	entries, err := sdboot.List(s.disk.ESP)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if n.Current != "" {
 		if _, ok := sdboot.Find(entries, a.Config.Name, n.Current); !ok {
-			return fmt.Errorf("cannot roll back: no boot entry for %s", n.Current)
+			return false, fmt.Errorf("cannot roll back: no boot entry for %s", n.Current)
 		}
 	}
 	if e, ok := sdboot.Find(entries, a.Config.Name, bad); ok && !e.Bad() {
 		if err := sdboot.Rename(s.disk.ESP, e, e.MarkBad()); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if err := a.apply(s, state.Event{Kind: state.Rollback}); err != nil {
-		return err
-	}
-	if !noReboot && !a.ImageMode && a.Config.Reboot == "auto" && a.Reboot != nil {
-		return a.Reboot()
-	}
-	return nil
-}
-
-// Health is the post-boot run: when the running version is on trial it runs the configured health
-// checks within their deadline; all pass -> MarkGood, one fails -> Rollback (and a reboot unless
-// noReboot). It returns whether a version was judged and the checks' error, if any.
-func (a *Agent) Health(ctx context.Context, noReboot bool) (judged bool, err error) {
-	st, err := a.Status(ctx)
-	if err != nil {
 		return false, err
 	}
+	a.log().Warn("rolled back", "version", bad, "to", s.st.Current)
+	if !noReboot && a.mayReboot() {
+		return true, a.reboot()
+	}
+	return false, nil
+}
+
+// HealthResult is what the post-boot run did.
+type HealthResult struct {
+	// Version is the running version.
+	Version string
+	// Judged says the version was on trial and its checks ran to a verdict.
+	Judged bool
+	// Failed is the check that failed (nil: all passed, or not judged); the version was rolled back.
+	Failed error
+	// Rebooting says a reboot into the previous version was asked for.
+	Rebooting bool
+}
+
+// RunHealth is the post-boot run: when the running version is on trial it runs the configured health
+// checks within their deadline; all pass -> MarkGood ("health passed", "version blessed"), one fails ->
+// rollback ("health failed", "rolled back") and a reboot unless noReboot (or in image mode, or with
+// reboot: never). The error says the run could not judge or act; a failed check is in Failed. A
+// cancelled ctx (a stop) gives no verdict: the next run checks again.
+func (a *Agent) RunHealth(ctx context.Context, noReboot bool) (HealthResult, error) {
+	st, err := a.Status(ctx)
+	if err != nil {
+		return HealthResult{}, err
+	}
+	res := HealthResult{Version: st.Running}
 	if st.State.Phase != state.Trying {
-		return false, nil
+		return res, nil
 	}
 	r := &health.Runner{Client: a.HTTP, Sleep: a.HealthSleep}
-	if herr := r.Run(ctx, a.Config.Health.Checks, time.Duration(a.Config.Health.Deadline)); herr != nil {
-		a.log().Error("new version unhealthy; rolling back", "version", st.Running, "err", herr)
-		if err := a.Rollback(ctx, noReboot); err != nil {
-			return true, errors.Join(herr, err)
-		}
-		return true, herr
+	herr := r.Run(ctx, a.Config.Health.Checks, time.Duration(a.Config.Health.Deadline))
+	if ctx.Err() != nil {
+		return res, fmt.Errorf("health checks of %s stopped: %w", st.Running, ctx.Err())
 	}
-	a.log().Info("new version healthy", "version", st.Running)
-	return true, a.MarkGood(ctx)
+	res.Judged = true
+	if herr == nil {
+		a.log().Info("health passed", "version", st.Running)
+		return res, a.MarkGood(ctx)
+	}
+	res.Failed = herr
+	check, cause := "", herr
+	var ce *health.CheckError
+	if errors.As(herr, &ce) {
+		check, cause = ce.Check, ce.Err
+	}
+	a.log().Error("health failed", "version", st.Running, "check", check, "err", cause)
+	res.Rebooting, err = a.rollback(ctx, noReboot)
+	return res, err
+}
+
+// Health is RunHealth for the CLI: it returns whether a version was judged and the failed check's
+// error, joined with any error of the run itself.
+func (a *Agent) Health(ctx context.Context, noReboot bool) (judged bool, err error) {
+	res, err := a.RunHealth(ctx, noReboot)
+	if err != nil {
+		return res.Judged, errors.Join(res.Failed, err)
+	}
+	return res.Judged, res.Failed
+}
+
+// Error classes (ErrorClass), for logs and metrics.
+const (
+	// ClassAttack: bytes or metadata that fail their signatures or hashes, rolled-back or expired
+	// (possibly frozen) metadata. Someone may be tampering; the device keeps what it runs.
+	ClassAttack = "attack"
+	// ClassFault: the network, the server, this device's disks, a broken release: try again later.
+	ClassFault = "fault"
+	// ClassUser: a request or a situation a person must resolve (a pending reboot, a refused version,
+	// a slot too small for the image).
+	ClassUser = "user"
+)
+
+// ErrorClass says whether err is an attack, a fault or a user mistake (ClassAttack, ClassFault,
+// ClassUser). Unknown errors are faults.
+func ErrorClass(err error) string {
+	for _, e := range []error{tufclient.ErrRepository, install.ErrTampered, tufclient.ErrExpired} {
+		if errors.Is(err, e) {
+			return ClassAttack
+		}
+	}
+	for _, e := range []error{ErrPending, ErrNotBlessed, ErrNothingPending, tufclient.ErrDowngrade, tufclient.ErrIncompatible,
+		tufclient.ErrNotFound, state.ErrBadVersion, state.ErrDowngrade, state.ErrTransition, install.ErrRefused} {
+		if errors.Is(err, e) {
+			return ClassUser
+		}
+	}
+	return ClassFault
 }

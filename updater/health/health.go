@@ -18,6 +18,25 @@ import (
 // ErrUnhealthy is wrapped by Run's error when a check did not pass before the deadline.
 var ErrUnhealthy = errors.New("health check failed")
 
+// CheckError is Run's error: the check that did not pass before the deadline. It wraps ErrUnhealthy
+// and the check's last error.
+type CheckError struct {
+	// Index is the check's position in the configuration; Check describes it (Describe).
+	Index int
+	Check string
+	// Deadline is the time all checks had.
+	Deadline time.Duration
+	// Err is the check's last failure.
+	Err error
+}
+
+func (e *CheckError) Error() string {
+	return fmt.Sprintf("%v: check %d (%s): %v (deadline %v)", ErrUnhealthy, e.Index, e.Check, e.Err, e.Deadline)
+}
+
+// Unwrap returns ErrUnhealthy and the check's last error.
+func (e *CheckError) Unwrap() []error { return []error{ErrUnhealthy, e.Err} }
+
 // Runner runs checks.
 type Runner struct {
 	// Client does the HTTP probes (nil: a client with a 10s timeout).
@@ -29,7 +48,7 @@ type Runner struct {
 }
 
 // Run runs every check in order, each retried until it passes, all within deadline. It returns nil
-// when all pass, or an error wrapping ErrUnhealthy that names the first check that did not.
+// when all pass, or a *CheckError (wrapping ErrUnhealthy) that names the first check that did not.
 func (r *Runner) Run(ctx context.Context, checks []config.Check, deadline time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
@@ -40,7 +59,7 @@ func (r *Runner) Run(ctx context.Context, checks []config.Check, deadline time.D
 				break
 			}
 			if err := r.wait(ctx); err != nil {
-				return fmt.Errorf("%w: check %d (%s): %v (deadline %v)", ErrUnhealthy, i, Describe(c), last, deadline)
+				return &CheckError{Index: i, Check: Describe(c), Deadline: deadline, Err: last}
 			}
 		}
 	}

@@ -53,6 +53,10 @@ func TestRun(t *testing.T) {
 		if !errors.Is(err, ErrUnhealthy) || !strings.Contains(err.Error(), tt.fail) {
 			t.Errorf("%s: %v, want ErrUnhealthy with %q", tt.name, err, tt.fail)
 		}
+		var ce *CheckError
+		if !errors.As(err, &ce) || ce.Check != Describe(tt.checks[ce.Index]) || ce.Err == nil {
+			t.Errorf("%s: %#v, want a *CheckError naming the failed check", tt.name, err)
+		}
 		if tries != 4 {
 			t.Errorf("%s: %d waits, want 4 (retried until the deadline)", tt.name, tries)
 		}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"sync/atomic"
 
 	"github.com/basalt-os/basalt/bootloader/sdboot"
 	"github.com/basalt-os/basalt/images"
@@ -53,6 +54,9 @@ type Installer struct {
 	CheckpointBytes int64
 	// Progress, if set, is called with the payload bytes done so far and the total.
 	Progress func(done, total int64)
+	// VerifyProgress, if set, is called while VerifySlot reads the slot back, with the bytes of the
+	// verity-protected data read so far and their total. It may be called from several goroutines.
+	VerifyProgress func(done, total int64)
 }
 
 func (in *Installer) check() error {
@@ -240,13 +244,33 @@ func (in *Installer) VerifySlot() error {
 		return fmt.Errorf("%w: slot %s: verity superblock differs from the manifest", ErrTampered, in.Slot)
 	}
 	root, _ := hex.DecodeString(v.RootHash)
-	if err := verity.Verify(r, v.HashOffset, v.HashOffset, sb.Params(), root, in.Workers); err != nil {
+	var ra io.ReaderAt = r
+	if in.VerifyProgress != nil {
+		ra = &countingReaderAt{r: r, limit: v.HashOffset, report: in.VerifyProgress}
+	}
+	if err := verity.Verify(ra, v.HashOffset, v.HashOffset, sb.Params(), root, in.Workers); err != nil {
 		if errors.Is(err, verity.ErrMismatch) {
 			return fmt.Errorf("%w: slot %s: %w", ErrTampered, in.Slot, err)
 		}
 		return fmt.Errorf("verify slot %s: %w", in.Slot, err)
 	}
 	return nil
+}
+
+// countingReaderAt reports how many bytes below limit were read through it (capped at limit).
+type countingReaderAt struct {
+	r      io.ReaderAt
+	limit  int64
+	done   atomic.Int64
+	report func(done, total int64)
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	if in := min(int64(n), c.limit-off); in > 0 {
+		c.report(min(c.done.Add(in), c.limit), c.limit)
+	}
+	return n, err
 }
 
 // SetPartUUID gives the slot the partition UUID the new UKI looks for (the manifest's PartUUID) in both

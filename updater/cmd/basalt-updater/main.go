@@ -11,15 +11,18 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/basalt-os/basalt/updater/agent"
 	"github.com/basalt-os/basalt/updater/config"
+	"github.com/basalt-os/basalt/updater/daemon"
 	"github.com/basalt-os/basalt/updater/install"
+	"github.com/basalt-os/basalt/updater/metrics"
+	"github.com/basalt-os/basalt/updater/reboot"
 	"github.com/basalt-os/basalt/updater/state"
 	"github.com/basalt-os/basalt/updater/tufclient"
 )
@@ -183,11 +186,14 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Install the newest update (or --version) into the inactive slot and switch to it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			a, err := g.agent(stderr)
+			bar := newProgress(stderr)
+			a, err := g.agent(bar)
 			if err != nil {
 				return err
 			}
+			a.Progress = bar.Set
 			res, err := a.Install(cmd.Context(), installVersion, noReboot)
+			bar.Finish()
 			if err != nil {
 				return err
 			}
@@ -252,11 +258,57 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	healthCmd.Flags().BoolVar(&hNoReboot, "no-reboot", false, "do not reboot after a rollback")
 
-	root.AddCommand(status, check, inst, markGood, rollback, healthCmd)
+	var once bool
+	var initialDelay time.Duration
+	var metricsAddr string
+	daemonCmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the post-boot health verdict, then check for and install updates periodically",
+		Long: "Run the post-boot health verdict (bless or roll back a version on trial), then check for and install\n" +
+			"the newest eligible release within the maintenance window every poll interval (plus jitter),\n" +
+			"rebooting as the configuration's reboot says. Errors are logged with their class and retried with\n" +
+			"backoff; SIGTERM or SIGINT stops it cleanly, leaving an install resumable.\n\n" +
+			"With --once: the verdict and one check/install, then exit (0: nothing to do, installed, or\n" +
+			"rebooting; otherwise the exit code of the error's class).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := g.agent(stderr)
+			if err != nil {
+				return err
+			}
+			if once && !cmd.Flags().Changed("initial-delay") {
+				initialDelay = 0
+			}
+			ctx := cmd.Context()
+			d := &daemon.Daemon{Agent: a, Config: a.Config, Log: a.Log, InitialDelay: initialDelay}
+			if metricsAddr != "" {
+				d.Metrics = metrics.New()
+				mctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				addr, err := d.Metrics.Serve(mctx, metricsAddr, a.Log)
+				if err != nil {
+					return err
+				}
+				a.Log.Info("serving metrics", "addr", addr.String())
+				a.Written = d.Metrics.AddInstallBytes
+			}
+			if once {
+				return d.Once(ctx)
+			}
+			return d.Run(ctx)
+		},
+	}
+	df := daemonCmd.Flags()
+	df.BoolVar(&once, "once", false, "run the post-boot verdict and one check/install, then exit")
+	df.DurationVar(&initialDelay, "initial-delay", 5*time.Second, "wait after the post-boot verdict before the first check (0 with --once unless set)")
+	df.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this local address, e.g. 127.0.0.1:9101 (empty: off)")
+
+	root.AddCommand(status, check, inst, markGood, rollback, healthCmd, daemonCmd)
 	return root
 }
 
-func (g *globals) agent(stderr io.Writer) (*agent.Agent, error) {
+// agent builds the agent for a command, logging as text to logw.
+func (g *globals) agent(logw io.Writer) (*agent.Agent, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
@@ -268,14 +320,17 @@ func (g *globals) agent(stderr io.Writer) (*agent.Agent, error) {
 	if g.stateDir != "" {
 		cfg.StateDir = g.stateDir
 	}
-	a := &agent.Agent{Config: cfg, Disk: cfg.Disk, Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))}
+	a := &agent.Agent{Config: cfg, Disk: cfg.Disk, Log: slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))}
 	if g.disk != "" {
 		a.Disk, a.ImageMode = g.disk, true
 	}
 	if a.Disk == "" {
 		return nil, errors.New("no disk: set disk in the configuration or pass --disk")
 	}
-	a.Reboot = func() error { return exec.Command("systemctl", "reboot").Run() }
+	if !a.ImageMode {
+		// systemd: systemctl reboot; busybox and other inits: reboot(8), then the kernel.
+		a.Reboot = (&reboot.Rebooter{Log: a.Log, Grace: 2 * time.Minute}).Reboot
+	}
 	if err := installTestHooks(a); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,272 @@
+// Package daemon is `basalt-updater daemon`: the device's one update actor. At start it runs the
+// post-boot health verdict (bless or roll back a version on trial; a version that ran out of boot
+// tries is recorded as failed by the agent and never retried automatically). Then it loops: within the
+// maintenance window, check for and install the newest eligible release, then reboot as configured;
+// wait the poll interval plus random jitter, or a growing backoff after an error, and go on. Errors
+// are logged with their class (attack, fault, user) and never end the loop; a cancelled context (SIGTERM)
+// stops it cleanly, leaving an install checkpointed and resumable.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/basalt-os/basalt/updater/agent"
+	"github.com/basalt-os/basalt/updater/config"
+	"github.com/basalt-os/basalt/updater/metrics"
+	"github.com/basalt-os/basalt/updater/state"
+	"github.com/basalt-os/basalt/updater/tufclient"
+)
+
+// Agent is what the daemon needs of agent.Agent.
+type Agent interface {
+	Status(ctx context.Context) (*agent.Status, error)
+	RunHealth(ctx context.Context, noReboot bool) (agent.HealthResult, error)
+	Install(ctx context.Context, pin string, noReboot bool) (*agent.Result, error)
+}
+
+// Outcome is what one cycle did.
+type Outcome string
+
+// Outcomes of Cycle.
+const (
+	// NoUpdate: nothing newer is eligible ("no update").
+	NoUpdate Outcome = "no-update"
+	// Installed: a release was installed and switched to; no reboot was asked (image mode, reboot:
+	// never).
+	Installed Outcome = "installed"
+	// Rebooting: a reboot was asked for (after an install or a rollback).
+	Rebooting Outcome = "rebooting"
+	// OutsideWindow: the maintenance window is closed; nothing was checked.
+	OutsideWindow Outcome = "outside-window"
+	// Pending: a switched version waits for a reboot the operator does (reboot: never).
+	Pending Outcome = "pending"
+	// Failed: the cycle failed with an error.
+	Failed Outcome = "failed"
+)
+
+// Daemon runs the update loop for one Agent.
+type Daemon struct {
+	Agent  Agent
+	Config *config.Config
+	Log    *slog.Logger
+	// Metrics, if set, records what the daemon sees.
+	Metrics *metrics.Metrics
+	// InitialDelay is waited once, after the post-boot run and before the first check.
+	InitialDelay time.Duration
+	// Backoff is the first wait after a failed cycle, doubled on each failure in a row up to the poll
+	// interval (0: DefaultBackoff).
+	Backoff time.Duration
+	// Now is the clock (nil: time.Now); Sleep waits or returns ctx's error (nil: a timer); Jitter
+	// returns a random duration in [0, max) (nil: math/rand/v2).
+	Now    func() time.Time
+	Sleep  func(ctx context.Context, d time.Duration) error
+	Jitter func(max time.Duration) time.Duration
+}
+
+// DefaultBackoff is the first wait after a failed cycle.
+const DefaultBackoff = 30 * time.Second
+
+func (d *Daemon) log() *slog.Logger {
+	if d.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.Log
+}
+
+func (d *Daemon) now() time.Time {
+	if d.Now != nil {
+		return d.Now()
+	}
+	return time.Now()
+}
+
+func (d *Daemon) sleep(ctx context.Context, dur time.Duration) error {
+	if d.Sleep != nil {
+		return d.Sleep(ctx, dur)
+	}
+	if dur <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// interval is the poll interval plus jitter.
+func (d *Daemon) interval() time.Duration {
+	iv, j := time.Duration(d.Config.Poll.Interval), time.Duration(d.Config.Poll.Jitter)
+	if j <= 0 {
+		return iv
+	}
+	if d.Jitter != nil {
+		return iv + d.Jitter(j)
+	}
+	return iv + rand.N(j)
+}
+
+// backoff is the wait after the n-th failed cycle in a row (n >= 1).
+func (d *Daemon) backoff(n int) time.Duration {
+	b := d.Backoff
+	if b <= 0 {
+		b = DefaultBackoff
+	}
+	limit := max(b, time.Duration(d.Config.Poll.Interval))
+	for i := 1; i < n && b < limit; i++ {
+		b *= 2
+	}
+	return min(b, limit)
+}
+
+// failed logs a failed step with its error class and counts it.
+func (d *Daemon) failed(step string, err error) {
+	class := agent.ErrorClass(err)
+	d.Metrics.Failure(class)
+	d.log().Error(step+" failed", "class", class, "err", err)
+}
+
+// Start is the post-boot run: the health verdict on a version on trial. It reports whether a reboot
+// was asked for (a rollback).
+func (d *Daemon) Start(ctx context.Context) (rebooting bool, err error) {
+	res, err := d.Agent.RunHealth(ctx, false)
+	d.observe(ctx)
+	if err != nil {
+		return res.Rebooting, fmt.Errorf("post-boot health run: %w", err)
+	}
+	return res.Rebooting, nil
+}
+
+// observe records the running version and the state in the metrics.
+func (d *Daemon) observe(ctx context.Context) *agent.Status {
+	st, err := d.Agent.Status(ctx)
+	if err != nil {
+		return nil
+	}
+	d.Metrics.SetRunning(st.Running, st.Slot)
+	d.Metrics.SetState(string(st.State.Phase))
+	return st
+}
+
+// Cycle is one check and install within the maintenance window, then a reboot as configured.
+func (d *Daemon) Cycle(ctx context.Context) (Outcome, error) {
+	defer d.observe(ctx)
+	st, err := d.Agent.Status(ctx)
+	if err != nil {
+		return Failed, err
+	}
+	switch st.State.Phase {
+	case state.Trying:
+		// The post-boot verdict did not come (it failed or was stopped): try again.
+		res, err := d.Agent.RunHealth(ctx, false)
+		if err != nil {
+			return Failed, fmt.Errorf("post-boot health run: %w", err)
+		}
+		if res.Rebooting {
+			return Rebooting, nil
+		}
+		if res.Failed != nil {
+			return Pending, nil // rolled back without a reboot: the next boot runs the previous version
+		}
+	case state.Switched:
+		d.log().Info("update pending reboot", "version", st.State.Target, "running", st.Running)
+		return Pending, nil
+	}
+	if !d.Config.InWindow(d.now()) {
+		d.log().Info("outside maintenance window", "window", d.Config.MaintenanceWindow, "running", st.Running)
+		return OutsideWindow, nil
+	}
+	res, err := d.Agent.Install(ctx, "", false)
+	switch {
+	case errors.Is(err, tufclient.ErrNoUpdate):
+		d.Metrics.Checked(d.now())
+		d.log().Info("no update", "running", st.Running)
+		return NoUpdate, nil
+	case err != nil:
+		return Failed, err
+	}
+	d.Metrics.Checked(d.now())
+	if res.Rebooting {
+		return Rebooting, nil
+	}
+	return Installed, nil
+}
+
+// Once runs the post-boot run and, unless it asked for a reboot, one cycle. Its error is the first
+// failure (for the exit code); nil when there was nothing to do, an update was installed, or a reboot
+// was asked for.
+//
+// A cancelled ctx (SIGTERM) stops it cleanly: nil, an install left resumable.
+func (d *Daemon) Once(ctx context.Context) error {
+	rebooting, err := d.Start(ctx)
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case err != nil:
+		d.failed("post-boot health run", err)
+		return err
+	case rebooting:
+		return nil
+	}
+	if err := d.sleep(ctx, d.InitialDelay); err != nil {
+		return nil
+	}
+	_, err = d.Cycle(ctx)
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case err != nil:
+		d.failed("update", err)
+		return err
+	}
+	return nil
+}
+
+// Run runs until ctx ends (SIGTERM, SIGINT) and then returns nil: the post-boot run, then cycles
+// spaced by the poll interval plus jitter, or by a growing backoff after failures. No error ends it.
+func (d *Daemon) Run(ctx context.Context) error {
+	d.log().Info("daemon started", "interval", time.Duration(d.Config.Poll.Interval), "jitter", time.Duration(d.Config.Poll.Jitter),
+		"window", d.Config.MaintenanceWindow, "reboot", d.Config.Reboot)
+	defer d.log().Info("daemon stopped")
+	rebooting, err := d.Start(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		d.failed("post-boot health run", err)
+	}
+	first := d.InitialDelay
+	if rebooting {
+		first = d.interval() // the reboot should come first; if it does not, go on later
+	}
+	if err := d.sleep(ctx, first); err != nil {
+		return nil
+	}
+	failures := 0
+	for {
+		_, err := d.Cycle(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := d.interval()
+		if err != nil {
+			failures++
+			d.failed("update", err)
+			wait = d.backoff(failures)
+		} else {
+			failures = 0
+		}
+		d.log().Debug("next check", "in", wait)
+		if err := d.sleep(ctx, wait); err != nil {
+			return nil
+		}
+	}
+}
