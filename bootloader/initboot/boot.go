@@ -28,7 +28,7 @@ const (
 	RootTimeout   = 30 * time.Second
 	PollInterval  = 100 * time.Millisecond
 	stateMountOpt = unix.MS_NODEV | unix.MS_NOSUID
-	espMountOpt   = unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC
+	espMountOpt   = unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC | unix.MS_DIRSYNC
 )
 
 // Mounter mounts filesystems (mount(2)).

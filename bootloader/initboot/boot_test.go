@@ -105,7 +105,7 @@ func TestBootRun(t *testing.T) {
 		fmt.Sprintf("/dev/mapper/root /sysroot ext4 %#x ", unix.MS_RDONLY),
 		fmt.Sprintf("/dev/vda4 /sysroot/var ext4 %#x ", unix.MS_NODEV|unix.MS_NOSUID),
 		fmt.Sprintf("overlay /sysroot/etc overlay 0x0 lowerdir=/sysroot/etc,upperdir=%s/upper,workdir=%s/work", ovl, ovl),
-		fmt.Sprintf("/dev/vda1 /sysroot/efi vfat %#x umask=0077", unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC),
+		fmt.Sprintf("/dev/vda1 /sysroot/efi vfat %#x umask=0077", unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_DIRSYNC),
 	}
 	if strings.Join(m.calls, "\n") != strings.Join(wantMounts, "\n") {
 		t.Errorf("mounts:\n%s\nwant:\n%s", strings.Join(m.calls, "\n"), strings.Join(wantMounts, "\n"))

@@ -18,8 +18,8 @@ type Dir interface {
 }
 
 // OSDir is a mounted ESP: a folder of the host file system. Rename is os.Rename followed by an fsync of
-// the folder, so a rename is durable when it returns (vfat renames within one folder are what
-// systemd-boot itself relies on).
+// the renamed file and of the folder, so a rename is durable when it returns (vfat renames within one
+// folder are what systemd-boot itself relies on).
 type OSDir string
 
 // ReadDir lists dir below the ESP's mount point.
@@ -27,22 +27,36 @@ func (d OSDir) ReadDir(dir string) ([]iofs.DirEntry, error) {
 	return os.ReadDir(filepath.Join(string(d), filepath.FromSlash(dir)))
 }
 
-// Rename renames a file within the ESP and syncs the folder.
+// Rename renames a file within the ESP, then syncs the file and the folder.
+//
+// Syncing the folder is not enough on Linux's vfat: a rename writes the new directory entry with size 0
+// and no first cluster, and the real ones only reach the disk when the file's inode is written back. A
+// power cut after a folder-only sync left a blessed entry empty in the QEMU suite (hack/e2e), and the
+// firmware fell back to the previous version. Syncing the file writes its entry; the ESP should also be
+// mounted with dirsync (basalt-init does), which makes the kernel write it within the rename.
 func (d OSDir) Rename(oldname, newname string) error {
 	o := filepath.Join(string(d), filepath.FromSlash(oldname))
 	n := filepath.Join(string(d), filepath.FromSlash(newname))
 	if err := os.Rename(o, n); err != nil {
 		return err
 	}
-	f, err := os.Open(filepath.Dir(n))
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", filepath.Dir(n), err)
+	if err := syncPath(n); err != nil {
+		return fmt.Errorf("sync %s: %w", n, err)
 	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
+	if err := syncPath(filepath.Dir(n)); err != nil {
 		return fmt.Errorf("sync %s: %w", filepath.Dir(n), err)
 	}
 	return nil
+}
+
+// syncPath fsyncs a file or folder.
+func syncPath(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // List returns the Basalt entries in d's EFI/Linux folder, in systemd-boot's menu order. Files that are

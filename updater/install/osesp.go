@@ -48,13 +48,26 @@ func (e OSESP) WriteFile(name string, data []byte, modTime time.Time) error {
 	return nil
 }
 
-// Remove removes a file of the ESP.
+// Remove removes a file of the ESP and syncs its folder (on vfat that also writes the freed clusters to
+// the FAT; without it a power cut leaks them).
 func (e OSESP) Remove(name string) error {
-	err := os.Remove(e.path(name))
+	p := e.path(name)
+	err := os.Remove(p)
 	if errors.Is(err, iofs.ErrNotExist) {
 		return nil
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(p))
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", filepath.Dir(p), err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", filepath.Dir(p), err)
+	}
+	return nil
 }
 
 func (e OSESP) path(name string) string {

@@ -1,0 +1,360 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestScenarios plays the scenarios in order on one device: each starts from where the previous one
+// left the disk, as updates do in the field.
+func TestScenarios(t *testing.T) {
+	l := newLab(t)
+	var times []string
+	for _, sc := range []struct {
+		name string
+		run  func(*testing.T, *lab)
+	}{
+		{"a-update", scenarioUpdate},
+		{"b-unhealthy", scenarioUnhealthy},
+		{"c-kernel-panic", scenarioPanic},
+		{"d-power-cut", scenarioPowerCut},
+		{"e-tamper", scenarioTamper},
+	} {
+		start := time.Now()
+		ok := t.Run(sc.name, func(t *testing.T) { sc.run(t, l) })
+		times = append(times, fmt.Sprintf("%-16s %6s %s", sc.name, time.Since(start).Round(time.Second), map[bool]string{true: "ok", false: "FAILED"}[ok]))
+		if !ok {
+			t.Errorf("scenario %s failed: the later scenarios need its outcome and were not run", sc.name)
+			break
+		}
+	}
+	summary := strings.Join(times, "\n")
+	t.Logf("scenario times (TCG, no KVM):\n%s", summary)
+	os.WriteFile(filepath.Join(l.work, "times.txt"), []byte(summary+"\n"), 0o644)
+}
+
+// initLine is basalt-init's line once it has verified and mounted the root of version v.
+func initLine(v string) []string {
+	return []string{"basalt-init: root verified:", "version=" + v + " "}
+}
+
+func marker(msg, version string) []string {
+	if version == "" {
+		return []string{`msg="` + msg + `"`}
+	}
+	return []string{`msg="` + msg + `"`, "version=" + version}
+}
+
+// sequence returns a stop function that is true once each marker has appeared on a line, in order.
+func sequence(markers ...[]string) func(string, *serialLog) bool {
+	i := 0
+	return func(line string, _ *serialLog) bool {
+		if containsAll(line, markers[i]) {
+			i++
+		}
+		return i == len(markers)
+	}
+}
+
+// bootedVersions lists the versions basalt-init mounted, in boot order.
+func bootedVersions(log *serialLog) []string {
+	var out []string
+	for _, l := range log.Lines() {
+		if i := strings.Index(l, "basalt-init: root verified:"); i >= 0 {
+			if m := regexp.MustCompile(`version=(\S+)`).FindStringSubmatch(l[i:]); m != nil {
+				out = append(out, m[1])
+			}
+		}
+	}
+	// basalt-init writes its lines both to the console and to the kernel log, which the console echoes.
+	return slices.Compact(out)
+}
+
+func wantEntries(t *testing.T, l *lab, want ...string) {
+	t.Helper()
+	got := espEntries(t, l.m.disk)
+	if !slices.Equal(got, want) {
+		t.Errorf("ESP EFI/Linux holds %v, want %v", got, want)
+	}
+	checkEntryContents(t, l)
+}
+
+var entryRE = regexp.MustCompile(`^` + regexp.QuoteMeta(osName) + `_([0-9.]+)(\+[0-9]+(-[0-9]+)?)?\.efi$`)
+
+// checkEntryContents copies every boot entry off the ESP with mtools and checks it is its version's
+// signed UKI, byte for byte (sha256 of the manifest): a rename cut by a power loss must not leave an
+// empty or partial entry.
+func checkEntryContents(t *testing.T, l *lab) {
+	t.Helper()
+	esp := partitions(t, l.m.disk)[0]
+	img := fmt.Sprintf("%s@@%d", l.m.disk, esp.offset())
+	for _, e := range espEntries(t, l.m.disk) {
+		m := entryRE.FindStringSubmatch(e)
+		if m == nil {
+			t.Errorf("ESP EFI/Linux holds %s, which is not a boot entry of %s", e, osName)
+			continue
+		}
+		man := l.built[m[1]]
+		if man == nil {
+			t.Errorf("ESP entry %s: no such version was built", e)
+			continue
+		}
+		dst := filepath.Join(t.TempDir(), e)
+		l.run(t, "mcopy", "-n", "-i", img, "::/EFI/Linux/"+e, dst)
+		data, err := os.ReadFile(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != man.UKI.SHA256 {
+			t.Errorf("ESP entry %s: %d bytes, sha256 %x; want version %s's UKI (%d bytes, %s)", e, len(data), sum, m[1], man.UKI.Size, man.UKI.SHA256)
+		}
+	}
+}
+
+func entry(v string) string { return osName + "_" + v + ".efi" }
+
+// a. v1 -> v2 over the network: installed, switched, rebooted, healthy, blessed.
+func scenarioUpdate(t *testing.T, l *lab) {
+	l.publish(t, "2.0.0")
+	log := l.m.boot(t, "a-update", bootOptions{timeout: 10 * time.Minute, stop: sequence(
+		initLine("1.0.0"), marker("update installed", "2.0.0"), initLine("2.0.0"),
+		marker("health passed", "2.0.0"), marker("version blessed", "2.0.0"))})
+	// The power goes the moment the updater reports the bless: the renamed entry must already be whole.
+	if !log.Has("secureboot: Secure boot enabled") {
+		t.Error("the kernel did not report Secure Boot enabled")
+	}
+	// PCR 11 as the guest's TPM reports it equals what the builder predicted for each version.
+	for _, v := range []string{"1.0.0", "2.0.0"} {
+		i := log.Index(0, initLine(v)...)
+		j := log.Index(i, "basalt-init: pcr11=")
+		want := l.built[v].PCR11
+		if i < 0 || j < 0 || want == nil {
+			t.Errorf("version %s: no PCR 11 line on the console, or no prediction in its manifest", v)
+			continue
+		}
+		if !strings.Contains(log.Lines()[j], "pcr11="+want.Value) {
+			t.Errorf("version %s: PCR 11 on the device %q, predicted %s", v, log.Lines()[j], want.Value)
+		}
+	}
+	wantEntries(t, l, entry("1.0.0"), entry("2.0.0"))
+	verifySlot(t, l.m.disk, l.built["2.0.0"])
+	verifySlot(t, l.m.disk, l.built["1.0.0"])
+}
+
+// b. v3 fails its health check: marked bad, back on v2 without a human.
+func scenarioUnhealthy(t *testing.T, l *lab) {
+	l.publish(t, "3.0.0")
+	log := l.m.boot(t, "b-unhealthy", bootOptions{timeout: 10 * time.Minute, stop: sequence(
+		initLine("2.0.0"), marker("update installed", "3.0.0"), initLine("3.0.0"),
+		marker("health failed", "3.0.0"), marker("rolled back", "3.0.0"), initLine("2.0.0"), marker("no update", ""))})
+	if n := log.Count(`msg="update installed"`, "version=3.0.0"); n != 1 {
+		t.Errorf("3.0.0 installed %d times; after its rollback it must not be retried", n)
+	}
+	if got := bootedVersions(log); !slices.Equal(got, []string{"2.0.0", "3.0.0", "2.0.0"}) {
+		t.Errorf("booted %v, want 2.0.0, 3.0.0, 2.0.0", got)
+	}
+	checkNotDefault(t, l, "3.0.0")
+	checkBad(t, l, "3.0.0")
+	verifySlot(t, l.m.disk, l.built["2.0.0"])
+}
+
+// c. v4's kernel panics: three tries, then v2 boots and the updater records it.
+func scenarioPanic(t *testing.T, l *lab) {
+	l.publish(t, "4.0.0")
+	log := l.m.boot(t, "c-kernel-panic", bootOptions{timeout: 12 * time.Minute, stop: sequence(
+		initLine("2.0.0"), marker("update installed", "4.0.0"), []string{"Kernel panic - not syncing"},
+		initLine("2.0.0"), marker("update failed to boot", "4.0.0"), marker("no update", ""))})
+	if n := log.Count("Kernel panic - not syncing"); n != 3 {
+		t.Errorf("4.0.0 panicked %d times, want 3 (its entry's tries)", n)
+	}
+	if n := log.Count(`msg="update installed"`, "version=4.0.0"); n != 1 {
+		t.Errorf("4.0.0 installed %d times; it must not be retried", n)
+	}
+	checkNotDefault(t, l, "4.0.0")
+	checkBad(t, l, "4.0.0")
+	verifySlot(t, l.m.disk, l.built["2.0.0"])
+}
+
+var progressRE = regexp.MustCompile(`msg="install progress".*version=5\.0\.0.*phase=download.*written=(\d+) total=(\d+)`)
+
+// progressAt returns a stop function that is true on the first download progress line at or past
+// fraction of the image, and records the blocks written by then.
+func progressAt(fraction float64, written *int) func(string, *serialLog) bool {
+	return func(line string, _ *serialLog) bool {
+		m := progressRE.FindStringSubmatch(line)
+		if m == nil {
+			return false
+		}
+		n, _ := strconv.Atoi(m[1])
+		total, _ := strconv.Atoi(m[2])
+		*written = n
+		return total > 0 && float64(n) >= fraction*float64(total)
+	}
+}
+
+// firstProgress is the blocks written that the first download progress line of a boot reports.
+func firstProgress(log *serialLog) int {
+	for _, l := range log.Lines() {
+		if m := progressRE.FindStringSubmatch(l); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			return n
+		}
+	}
+	return -1
+}
+
+// d. power cut: the machine loses power at four points of the v5 install; each time v2 boots and the
+// install goes on from its last checkpoint; then v5 is installed, boots and is blessed.
+func scenarioPowerCut(t *testing.T, l *lab) {
+	l.publish(t, "5.0.0")
+	var cut1, cut2 int
+	cuts := []struct {
+		name string
+		stop func(string, *serialLog) bool
+	}{
+		{"d-cut-download-25", progressAt(0.25, &cut1)},
+		{"d-cut-download-75", progressAt(0.75, &cut2)},
+		{"d-cut-verify", sequence(marker("verifying slot", "5.0.0"))},
+		{"d-cut-switch", sequence(marker("switching boot entry", "5.0.0"))},
+	}
+	for i, c := range cuts {
+		log := l.m.boot(t, c.name, bootOptions{timeout: 8 * time.Minute, stop: c.stop})
+		if got := bootedVersions(log); len(got) == 0 || got[0] != "2.0.0" {
+			t.Fatalf("power-on %d after a cut booted %v, want 2.0.0", i+1, got)
+		}
+		if i == 1 {
+			if first := firstProgress(log); first < cut1 {
+				t.Errorf("after the cut at %d blocks the install restarted at %d blocks instead of resuming", cut1, first)
+			}
+		}
+		verifySlot(t, l.m.disk, l.built["2.0.0"])
+	}
+	log := l.m.boot(t, "d-complete", bootOptions{timeout: 10 * time.Minute, stop: sequence(
+		initLine("5.0.0"), marker("version blessed", "5.0.0"), marker("no update", ""))})
+	if got := bootedVersions(log); got[0] != "2.0.0" && got[0] != "5.0.0" {
+		t.Errorf("after the cut at the switch the device booted %v", got)
+	}
+	t.Logf("cuts at download blocks %d and %d, at verify and at the switch", cut1, cut2)
+	verifySlot(t, l.m.disk, l.built["5.0.0"])
+	verifySlot(t, l.m.disk, l.built["2.0.0"])
+	got := espEntries(t, l.m.disk)
+	if !slices.Contains(got, entry("5.0.0")) || !slices.Contains(got, entry("2.0.0")) {
+		t.Errorf("ESP EFI/Linux holds %v, want blessed entries of 5.0.0 and 2.0.0", got)
+	}
+}
+
+// e. one block of the running root slot altered on disk: dm-verity stops it from running. An unsigned
+// UKI is refused by the firmware. Once both are undone the device boots 5.0.0 again.
+func scenarioTamper(t *testing.T, l *lab) {
+	disk := l.m.disk
+	slot, ok := slotOf(t, disk, l.built["5.0.0"])
+	if !ok {
+		t.Fatal("no slot holds 5.0.0")
+	}
+	block := fsBlock(t, extract(t, disk, slot), "/bin/busybox")
+	at := slot.offset() + block*4096 + 64
+	orig := flipByte(t, disk, at)
+	t.Logf("flipped the byte at %d (ext4 block %d of %s, the start of /bin/busybox)", at, block, slot.name)
+	log := l.m.boot(t, "e-tampered-root", bootOptions{timeout: 5 * time.Minute, noReboot: true})
+	if !log.Has("verity", "corrupted") {
+		t.Error("the kernel did not report a corrupted verity block")
+	}
+	if log.Has("basalt-e2e: userspace up") {
+		t.Error("the tampered root ran its init")
+	}
+	writeByte(t, disk, at, orig)
+
+	// A UKI without a signature, as the newest entry: the firmware refuses to load it.
+	sb := filepath.Join(t.TempDir(), "signed.efi")
+	unsigned := filepath.Join(t.TempDir(), "unsigned.efi")
+	copyFile(t, filepath.Join(l.outs["5.0.0"], "update", entry("5.0.0")), sb)
+	l.run(t, "osslsigncode", "remove-signature", "-in", sb, "-out", unsigned)
+	if out := l.run(t, "sbverify", "--list", unsigned); !strings.Contains(out, "No signature table") {
+		t.Fatalf("sbverify --list of the stripped UKI: %s", out)
+	}
+	esp := partitions(t, disk)[0]
+	img := fmt.Sprintf("%s@@%d", disk, esp.offset())
+	bad := "::/EFI/Linux/" + osName + "_9.0.0+3.efi"
+	l.run(t, "mcopy", "-i", img, unsigned, bad)
+	log = l.m.boot(t, "e-unsigned-uki", bootOptions{timeout: 3 * time.Minute, noReboot: true, stop: func(line string, _ *serialLog) bool {
+		return strings.Contains(line, "9.0.0") && (strings.Contains(line, "Access Denied") || strings.Contains(line, "Security Violation"))
+	}})
+	if log.Has("Linux version") {
+		t.Error("a kernel started from the unsigned UKI")
+	}
+	// systemd-boot counted the try before the firmware refused it.
+	for _, e := range espEntries(t, disk) {
+		if strings.HasPrefix(e, osName+"_9.0.0") {
+			l.run(t, "mdel", "-i", img, "::/EFI/Linux/"+e)
+		}
+	}
+	l.m.boot(t, "e-restored", bootOptions{timeout: 5 * time.Minute, stop: sequence(
+		initLine("5.0.0"), []string{"basalt-e2e: userspace up version=5.0.0"})})
+	verifySlot(t, disk, l.built["5.0.0"])
+}
+
+// checkNotDefault checks that version v's entry can no longer be chosen: gone, or with no tries left.
+func checkNotDefault(t *testing.T, l *lab, v string) {
+	t.Helper()
+	for _, e := range espEntries(t, l.m.disk) {
+		if strings.HasPrefix(e, osName+"_"+v) && !strings.Contains(e, "+0") {
+			t.Errorf("entry %s can still be booted", e)
+		}
+	}
+	if !slices.Contains(espEntries(t, l.m.disk), entry("2.0.0")) {
+		t.Errorf("2.0.0's blessed entry is gone")
+	}
+}
+
+// checkBad checks that the updater recorded version v as failed in its state file.
+func checkBad(t *testing.T, l *lab, v string) {
+	t.Helper()
+	st := updaterState(t, l.m.disk)
+	bad, _ := st["bad"].([]any)
+	for _, b := range bad {
+		if b == v {
+			return
+		}
+	}
+	t.Errorf("state file does not record %s as bad: %v", v, st)
+}
+
+func flipByte(t *testing.T, name string, at int64) byte {
+	t.Helper()
+	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{b[0] ^ 0xff}, at); err != nil {
+		t.Fatal(err)
+	}
+	return b[0]
+}
+
+func writeByte(t *testing.T, name string, at int64, v byte) {
+	t.Helper()
+	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte{v}, at); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,250 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Firmware: OVMF built with Secure Boot and SMM, and its variable store whose PK, KEK and db hold
+// Debian's test-only snakeoil certificate. Secure Boot is on from the first boot.
+const (
+	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd"
+	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"
+)
+
+// machine is the device under test: one disk image, one UEFI variable store and one TPM state, kept
+// across boots the way a real device keeps them across power cycles.
+type machine struct {
+	dir    string // holds disk.raw, vars.fd, tpm/
+	disk   string
+	vars   string
+	tpmDir string
+	logDir string
+	boots  int
+}
+
+func newMachine(t *testing.T, dir, logDir, factoryDisk string) *machine {
+	t.Helper()
+	m := &machine{dir: dir, disk: filepath.Join(dir, "disk.raw"), vars: filepath.Join(dir, "vars.fd"),
+		tpmDir: filepath.Join(dir, "tpm"), logDir: logDir}
+	if err := os.MkdirAll(m.tpmDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, factoryDisk, m.disk)
+	copyFile(t, ovmfVars, m.vars)
+	return m
+}
+
+// bootOptions say how one power-on ends.
+type bootOptions struct {
+	// stop is called with every serial line and the log so far; when it returns true QEMU is killed at
+	// once (a power cut, or the end of a scenario once its outcome is on the console).
+	stop func(line string, log *serialLog) bool
+	// noReboot makes a guest reboot end QEMU (for boots that must not go on to the next try).
+	noReboot bool
+	// timeout bounds the power-on; reaching it fails the test.
+	timeout time.Duration
+}
+
+// serialLog is what the console printed during one power-on.
+type serialLog struct {
+	mu    sync.Mutex
+	lines []string
+	path  string
+}
+
+func (l *serialLog) add(s string) {
+	l.mu.Lock()
+	l.lines = append(l.lines, s)
+	l.mu.Unlock()
+}
+
+// Lines returns a copy of the lines so far.
+func (l *serialLog) Lines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+// Has reports whether a line contains every one of parts.
+func (l *serialLog) Has(parts ...string) bool { return l.Index(0, parts...) >= 0 }
+
+// Index returns the first line at or after from that contains every one of parts, or -1.
+func (l *serialLog) Index(from int, parts ...string) int {
+	lines := l.Lines()
+	for i := max(from, 0); i < len(lines); i++ {
+		if containsAll(lines[i], parts) {
+			return i
+		}
+	}
+	return -1
+}
+
+// Count returns how many lines contain every one of parts.
+func (l *serialLog) Count(parts ...string) int {
+	n := 0
+	for _, s := range l.Lines() {
+		if containsAll(s, parts) {
+			n++
+		}
+	}
+	return n
+}
+
+// Tail is the last n lines, for failure reports.
+func (l *serialLog) Tail(n int) string {
+	lines := l.Lines()
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func containsAll(s string, parts []string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// boot powers the machine on with the guest's network reaching the host's loopback, and returns the
+// serial log once QEMU has ended: killed by stop, or on its own (with noReboot, a guest reboot).
+func (m *machine) boot(t *testing.T, name string, o bootOptions) *serialLog {
+	t.Helper()
+	m.boots++
+	log := &serialLog{path: filepath.Join(m.logDir, fmt.Sprintf("%02d-%s.log", m.boots, name))}
+	start := time.Now()
+	err := m.run(log, o)
+	t.Logf("boot %s: %s, %d console lines, log %s", name, time.Since(start).Round(time.Second), len(log.Lines()), log.path)
+	if err != nil {
+		t.Fatalf("boot %s: %v\n--- last console lines ---\n%s", name, err, log.Tail(60))
+	}
+	return log
+}
+
+var errTimeout = errors.New("timed out")
+
+func (m *machine) run(log *serialLog, o bootOptions) error {
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+	defer cancel()
+
+	logFile, err := os.Create(log.path)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+
+	// A fresh swtpm per power-on over the same state folder: the TPM keeps its NV state (and resets its
+	// PCRs) like a real one across a power cycle.
+	sock := filepath.Join(m.tpmDir, "sock")
+	os.Remove(sock)
+	tpm := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+m.tpmDir,
+		"--ctrl", "type=unixio,path="+sock, "--flags", "startup-clear", "--terminate")
+	tpm.Stdout, tpm.Stderr = logFile, logFile
+	if err := tpm.Start(); err != nil {
+		return fmt.Errorf("start swtpm: %w", err)
+	}
+	defer func() { tpm.Process.Kill(); tpm.Wait() }()
+	if err := waitFor(sock, 10*time.Second); err != nil {
+		return fmt.Errorf("swtpm: %w", err)
+	}
+
+	args := []string{
+		"-accel", "tcg", // CI machines have no KVM; measure what CI sees
+		"-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+		"-m", "1024", "-smp", "1",
+		"-display", "none", "-monitor", "none", "-serial", "stdio",
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + ovmfCode,
+		"-drive", "if=pflash,format=raw,unit=1,file=" + m.vars,
+		"-drive", "file=" + m.disk + ",format=raw,if=virtio,cache=unsafe",
+		"-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile=",
+		"-chardev", "socket,id=chrtpm,path=" + sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+		"-device", "tpm-tis,tpmdev=tpm0",
+	}
+	if o.noReboot {
+		args = append(args, "-no-reboot")
+	}
+	qemu := exec.Command("qemu-system-x86_64", args...)
+	qemu.Stdin = nil
+	out, err := qemu.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr strings.Builder
+	qemu.Stderr = &stderr
+	if err := qemu.Start(); err != nil {
+		return fmt.Errorf("start qemu: %w", err)
+	}
+
+	stopped := make(chan struct{})
+	var once sync.Once
+	kill := func() { once.Do(func() { qemu.Process.Kill(); close(stopped) }) }
+	go func() {
+		select {
+		case <-ctx.Done():
+			kill()
+		case <-stopped:
+		}
+	}()
+
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		log.add(line)
+		io.WriteString(logFile, line+"\n")
+		if o.stop != nil && o.stop(line, log) {
+			kill()
+			break
+		}
+	}
+	io.Copy(io.Discard, out)
+	waitErr := qemu.Wait()
+	select {
+	case <-stopped:
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w after %s", errTimeout, o.timeout)
+		}
+		return nil // killed on purpose
+	default:
+	}
+	once.Do(func() { close(stopped) })
+	if waitErr != nil {
+		return fmt.Errorf("qemu: %v: %s", waitErr, strings.TrimSpace(stderr.String()))
+	}
+	if o.stop != nil && !o.noReboot {
+		return errors.New("qemu ended before the expected console output")
+	}
+	return nil
+}
+
+// waitFor waits until path exists (a daemon's socket), polling.
+func waitFor(path string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %s", path, limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
