@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,8 +27,8 @@ type HTTPFetcher struct {
 	// Base is the URL of the update folder; names are resolved against it.
 	Base   *url.URL
 	Client *http.Client
-	// ResponseTimeout bounds the wait for response headers (0: 30s). Reading the body is bounded by the
-	// caller's context and by the Client's own timeouts.
+	// ResponseTimeout bounds the wait for response headers and, while the body is read, for the next
+	// bytes of it (0: 30s).
 	ResponseTimeout time.Duration
 }
 
@@ -43,7 +44,7 @@ func (h *HTTPFetcher) Fetch(ctx context.Context, name string, off, length int64)
 }
 
 // GetRange requests bytes [off, off+length) of rawURL with an HTTP range request, waiting at most
-// timeout (0: 30s) for the response headers. A 200 answer is accepted only for off 0. The body is cut
+// timeout (0: 30s) for the response headers, and failing the body's Read when no data came for as long. A 200 answer is accepted only for off 0. The body is cut
 // at length bytes. Network and HTTP failures wrap ErrDownload.
 func GetRange(ctx context.Context, client *http.Client, timeout time.Duration, rawURL string, off, length int64) (io.ReadCloser, error) {
 	if length <= 0 || off < 0 {
@@ -85,17 +86,35 @@ func GetRange(ctx context.Context, client *http.Client, timeout time.Duration, r
 		cancel()
 		return nil, fmt.Errorf("%w: %s", ErrDownload, resp.Status)
 	}
-	return &body{r: io.LimitReader(resp.Body, length), c: resp.Body, cancel: cancel}, nil
+	b := &body{r: io.LimitReader(resp.Body, length), c: resp.Body, cancel: cancel, idle: timeout}
+	b.timer = time.AfterFunc(timeout, func() { b.stalled.Store(true); cancel() })
+	return b, nil
 }
 
+// body is a response body that gives up when no byte arrives for idle (a server or a network path that
+// stalls mid-transfer), so a patchy link fails the transfer for a retry instead of hanging it.
 type body struct {
-	r      io.Reader
-	c      io.Closer
-	cancel context.CancelFunc
+	r       io.Reader
+	c       io.Closer
+	cancel  context.CancelFunc
+	idle    time.Duration
+	timer   *time.Timer
+	stalled atomic.Bool
 }
 
-func (b *body) Read(p []byte) (int, error) { return b.r.Read(p) }
+func (b *body) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if n > 0 {
+		b.timer.Reset(b.idle)
+	}
+	if err != nil && err != io.EOF && b.stalled.Load() {
+		return n, fmt.Errorf("%w: no data for %v", ErrDownload, b.idle)
+	}
+	return n, err
+}
+
 func (b *body) Close() error {
+	b.timer.Stop()
 	err := b.c.Close()
 	b.cancel()
 	return err
