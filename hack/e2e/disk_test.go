@@ -133,6 +133,14 @@ func updaterState(t *testing.T, disk string) map[string]any {
 	t.Helper()
 	st := partitions(t, disk)[3]
 	img := extract(t, disk, st)
+	// The power was cut: replay the journal as the kernel's next mount would (debugfs reads the blocks
+	// as they are), and check the filesystem is otherwise sound. e2fsck exits 1 when it replayed or fixed
+	// something, 0 when there was nothing to do.
+	if out, err := exec.Command("e2fsck", "-fy", img).CombinedOutput(); err != nil {
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() > 1 {
+			t.Fatalf("e2fsck -fy of the state partition: %v\n%s", err, out)
+		}
+	}
 	out, err := exec.Command("debugfs", "-R", "cat /lib/basalt/state.json", img).Output()
 	if err != nil {
 		t.Fatalf("debugfs cat state.json: %v", err)
