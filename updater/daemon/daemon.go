@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/basalt-os/basalt/internal/wait"
 	"github.com/basalt-os/basalt/updater/agent"
 	"github.com/basalt-os/basalt/updater/config"
 	"github.com/basalt-os/basalt/updater/metrics"
@@ -89,17 +90,7 @@ func (d *Daemon) sleep(ctx context.Context, dur time.Duration) error {
 	if d.Sleep != nil {
 		return d.Sleep(ctx, dur)
 	}
-	if dur <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(dur)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return wait.Sleep(ctx, dur)
 }
 
 // interval is the poll interval plus jitter.

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"time"
 
+	"github.com/basalt-os/basalt/internal/wait"
 	"github.com/basalt-os/basalt/updater/config"
 )
 
@@ -77,14 +78,7 @@ func (r *Runner) wait(ctx context.Context) error {
 	if r.Sleep != nil {
 		return r.Sleep(ctx, d)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return wait.Sleep(ctx, d)
 }
 
 // Describe names a check for messages.

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/basalt-os/basalt/internal/wait"
 )
 
 // Fetcher fetches byte ranges of update files. name is relative to the update folder (a manifest's
@@ -154,12 +156,5 @@ func (r Retry) wait(ctx context.Context, attempt int) error {
 	if r.Sleep != nil {
 		return r.Sleep(ctx, d)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return wait.Sleep(ctx, d)
 }
