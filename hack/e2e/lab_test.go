@@ -262,7 +262,7 @@ poll:
   interval: 5s
   jitter: 1s
 health:
-  deadline: 60s
+  deadline: 15s
   checks:
     - command: [%s]
 reboot: auto
