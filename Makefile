@@ -28,6 +28,7 @@ vet:
 # without KVM) to the unit tests.
 test: vet
 	$(GO) tool gotestsum --format pkgname-and-test-fails -- -count=1 -timeout 45m -tags e2e ./...
+	@echo "end-to-end scenario times (out/e2e/times.txt):"; cat out/e2e/times.txt
 
 # Only the QEMU end-to-end suite, with every test's log lines; serial logs are kept in out/e2e/logs.
 e2e:

@@ -31,10 +31,14 @@ func TestScenarios(t *testing.T) {
 		{"d-power-cut", scenarioPowerCut},
 		{"e-tamper", scenarioTamper},
 	} {
-		start := time.Now()
+		start, firstBoot := time.Now(), len(l.m.logs)
 		ok := t.Run(sc.name, func(t *testing.T) { sc.run(t, l) })
 		times = append(times, fmt.Sprintf("%-16s %6s %s", sc.name, time.Since(start).Round(time.Second), map[bool]string{true: "ok", false: "FAILED"}[ok]))
 		if !ok {
+			// CI shows the test output, not out/e2e: print the end of each console of the scenario.
+			for _, log := range l.m.logs[firstBoot:] {
+				t.Logf("--- %s: last console lines ---\n%s", log.path, log.Tail(40))
+			}
 			t.Errorf("scenario %s failed: the later scenarios need its outcome and were not run", sc.name)
 			break
 		}

@@ -33,6 +33,7 @@ type machine struct {
 	tpmDir string
 	logDir string
 	boots  int
+	logs   []*serialLog // every power-on's console, in order
 }
 
 func newMachine(t *testing.T, dir, logDir, factoryDisk string) *machine {
@@ -130,6 +131,7 @@ func (m *machine) boot(t *testing.T, name string, o bootOptions) *serialLog {
 	t.Helper()
 	m.boots++
 	log := &serialLog{path: filepath.Join(m.logDir, fmt.Sprintf("%02d-%s.log", m.boots, name))}
+	m.logs = append(m.logs, log)
 	start := time.Now()
 	err := m.run(log, o)
 	t.Logf("boot %s: %s, %d console lines, log %s", name, time.Since(start).Round(time.Second), len(log.Lines()), log.path)
