@@ -68,7 +68,7 @@ func newLab(t *testing.T) *lab {
 		{"qemu-system-x86_64", "qemu-system-x86"}, {"swtpm", "swtpm"}, {"sgdisk", "gdisk"},
 		{"mcopy", "mtools"}, {"debugfs", "e2fsprogs"}, {"veritysetup", "cryptsetup-bin"},
 		{"osslsigncode", "osslsigncode"}, {"sbverify", "sbsigntool"}, {"openssl", "openssl"},
-		{"busybox", "busybox-static"}, {"cpio", "cpio"},
+		{"busybox", "busybox-static"}, {"cpio", "cpio"}, {"fsck.fat", "dosfstools"}, {"e2fsck", "e2fsprogs"},
 	} {
 		testtool.Require(t, tool[0], tool[1])
 	}

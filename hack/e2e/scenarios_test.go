@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -101,6 +102,7 @@ var entryRE = regexp.MustCompile(`^` + regexp.QuoteMeta(osName) + `_([0-9.]+)(\+
 // empty or partial entry.
 func checkEntryContents(t *testing.T, l *lab) {
 	t.Helper()
+	checkESP(t, l.m.disk)
 	esp := partitions(t, l.m.disk)[0]
 	img := fmt.Sprintf("%s@@%d", l.m.disk, esp.offset())
 	for _, e := range espEntries(t, l.m.disk) {
@@ -170,6 +172,7 @@ func scenarioUnhealthy(t *testing.T, l *lab) {
 	}
 	checkNotDefault(t, l, "3.0.0")
 	checkBad(t, l, "3.0.0")
+	checkEntryContents(t, l)
 	verifySlot(t, l.m.disk, l.built["2.0.0"])
 }
 
@@ -187,6 +190,7 @@ func scenarioPanic(t *testing.T, l *lab) {
 	}
 	checkNotDefault(t, l, "4.0.0")
 	checkBad(t, l, "4.0.0")
+	checkEntryContents(t, l)
 	verifySlot(t, l.m.disk, l.built["2.0.0"])
 }
 
@@ -256,6 +260,7 @@ func scenarioPowerCut(t *testing.T, l *lab) {
 	if !slices.Contains(got, entry("5.0.0")) || !slices.Contains(got, entry("2.0.0")) {
 		t.Errorf("ESP EFI/Linux holds %v, want blessed entries of 5.0.0 and 2.0.0", got)
 	}
+	checkEntryContents(t, l)
 }
 
 // e. one block of the running root slot altered on disk: dm-verity stops it from running. An unsigned
@@ -306,6 +311,7 @@ func scenarioTamper(t *testing.T, l *lab) {
 	l.m.boot(t, "e-restored", bootOptions{timeout: 5 * time.Minute, stop: sequence(
 		initLine("5.0.0"), []string{"basalt-e2e: userspace up version=5.0.0"})})
 	verifySlot(t, disk, l.built["5.0.0"])
+	checkEntryContents(t, l)
 }
 
 // checkNotDefault checks that version v's entry can no longer be chosen: gone, or with no tries left.
@@ -360,5 +366,24 @@ func writeByte(t *testing.T, name string, at int64, v byte) {
 	defer f.Close()
 	if _, err := f.WriteAt([]byte{v}, at); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// fsckBenign are what fsck.fat -n reports for a FAT that lost power while mounted: the dirty flag (also
+// the byte at offset 65 where the boot sector differs from its backup) and the free-cluster hint, which
+// Linux updates only at unmount.
+var fsckBenign = regexp.MustCompile(`^(fsck\.fat |There are differences between boot sector and its backup|This is mostly harmless|  65:01/00|  Not automatically fixing this|Dirty bit is set|  Automatically removing dirty bit|Free cluster summary wrong|  Auto-correcting|Leaving filesystem unchanged|\S+: \d+ files, \d+/\d+ clusters|$)`)
+
+// checkESP runs fsck.fat -n on the ESP: after power cuts it may only report what an unclean unmount
+// leaves, never lost clusters, broken chains or bad entries.
+func checkESP(t *testing.T, disk string) {
+	t.Helper()
+	img := extract(t, disk, partitions(t, disk)[0])
+	out, _ := exec.Command("fsck.fat", "-n", img).CombinedOutput()
+	for _, line := range strings.Split(string(out), "\n") {
+		if !fsckBenign.MatchString(line) {
+			t.Errorf("fsck.fat -n on the ESP: %q\n%s", line, out)
+			return
+		}
 	}
 }
