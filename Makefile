@@ -5,18 +5,22 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 export CGO_ENABLED := 0
 
-.PHONY: all build deps demo test e2e vet fmt bench clean
+.PHONY: all build deps demo boot test e2e vet fmt bench clean
 
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./builder/cmd/basalt ./updater/cmd/basalt-updater
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./builder/cmd/basalt ./updater/cmd/basalt-updater ./bootloader/cmd/basalt-init
 
 deps:
 	bash hack/deps.sh
 
 demo: deps build
 	bash hack/demo.sh
+
+# Boots the demo's updated device image (after make demo) in QEMU: v1.1.0 on trial. Ctrl-A X quits.
+boot:
+	bash hack/boot.sh out/demo/device.raw
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }

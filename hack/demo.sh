@@ -19,7 +19,7 @@ $basalt repo init --repo "$out/repo" --keys "$out/keys"
 cp "$out/repo/metadata/1.root.json" "$out/root.json"
 
 step "making a demo rootfs (busybox, systemd-boot, a Debian kernel) in out/demo-rootfs"
-bash hack/mkrootfs.sh out/demo-rootfs >/dev/null
+bash hack/mkrootfs.sh out/demo-rootfs bin/basalt-init >/dev/null
 
 step "basalt build images/demo.yaml: v1.0.0 and v1.1.0"
 $basalt build images/demo.yaml --keys "$out/keys" --version 1.0.0 --out "$out/v1.0.0"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Makes a small demo root filesystem in DIR from Debian packages already on this machine (busybox-static,
-# systemd-boot-efi) and an unpacked Debian kernel (hack/kernel.sh). Usage: hack/mkrootfs.sh DIR
+# systemd-boot-efi) and an unpacked Debian kernel (hack/kernel.sh): busybox is its init, with a shell on
+# the console. Usage: hack/mkrootfs.sh DIR [BASALT-INIT]
+# BASALT-INIT, a static basalt-init binary, is put at /usr/lib/basalt/basalt-init for the builder to make
+# the initrd's /init; without it the image builds but does not boot.
 set -euo pipefail
 dir=$(realpath -m "${1:?usage: hack/mkrootfs.sh DIR}")
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +19,18 @@ mkdir -p "$dir"/{bin,sbin,etc,boot,dev,proc,sys,run,tmp,var,efi,usr/bin,usr/lib/
 chmod 1777 "$dir/tmp"
 cp /bin/busybox "$dir/bin/busybox"
 for a in sh ls cat echo mount umount sleep poweroff reboot; do ln -s busybox "$dir/bin/$a"; done
+ln -s ../bin/busybox "$dir/sbin/init"
+if [ -n "${2:-}" ]; then
+  install -D -m 0755 "$2" "$dir/usr/lib/basalt/basalt-init"
+fi
+cat > "$dir/etc/inittab" <<'INITTAB'
+::sysinit:/bin/busybox mount -t tmpfs tmpfs /run
+::sysinit:/bin/busybox mount -t tmpfs -o mode=1777 tmpfs /tmp
+::sysinit:/bin/sh -c '. /etc/os-release; echo "$PRETTY_NAME is up: / is dm-verity, /var the state partition, /efi the ESP"'
+::askfirst:-/bin/sh
+::ctrlaltdel:/bin/busybox reboot
+::shutdown:/bin/busybox sync
+INITTAB
 cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi /usr/lib/systemd/boot/efi/linuxx64.efi.stub "$dir/usr/lib/systemd/boot/efi/"
 cp "$kdir"/boot/vmlinuz-* "$dir/boot/"
 rel=$(basename "$kdir"/boot/vmlinuz-* | sed 's/^vmlinuz-//')
