@@ -226,6 +226,183 @@ func (d *Decoder) Decode(ctx context.Context, r io.Reader, first int, deliver fu
 	return err
 }
 
+// DecodeAt decodes like Decode but hands the blocks over out of order, as soon as each is verified:
+// write is called on the worker goroutines, concurrently, each call with another block (say, a
+// pwrite at the block's offset in the image). Each worker owns one raw buffer, so memory stays
+// within about Workers raw blocks plus Workers+2 compressed ones, and no block waits for a slower one
+// before it. done runs on the calling goroutine with n = first+1, first+2, ... in turn, once blocks
+// [first, n) have all been written: that is the point a caller records to resume after a cut. While done runs (an fsync, say), the workers go on, but never more than
+// 2 x Workers + 2 blocks beyond the last n that done was given, so a cut loses little work.
+// Blocks after n may be written already; a resume writes them again.
+//
+// DecodeAt stops at the first error (from r, a block, write, done or ctx) and returns the error of
+// the lowest block that failed, after the blocks before it that were already read have been
+// decoded, written and reported to done; an error of done itself comes first. As with Decode, give
+// it a reader that ctx can interrupt.
+func (d *Decoder) DecodeAt(ctx context.Context, r io.Reader, first int, write func(i int, raw []byte) error, done func(n int) error) error {
+	ix := d.ix
+	if first < 0 || first > len(ix.Blocks) {
+		return fmt.Errorf("first block %d outside [0, %d]", first, len(ix.Blocks))
+	}
+	n := len(ix.Blocks) - first
+	if n == 0 {
+		return nil
+	}
+	workers := min(d.workers, n)
+	// stop ends everything (a failed done, ctx); readCtx only the reading, so that the blocks read
+	// before a failed block are still decoded.
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	readCtx, stopReading := context.WithCancel(ctx)
+	defer stopReading()
+
+	type job struct {
+		i  int
+		in *[]byte
+	}
+	nbuf := workers + 2 // being read, being decoded, one ready
+	free := make(chan *[]byte, nbuf)
+	for range nbuf {
+		free <- new([]byte)
+	}
+	jobs := make(chan job, workers)
+	// window holds a token for each block that may be read beyond the last reported prefix.
+	window := make(chan struct{}, 2*workers+2)
+	for range cap(window) {
+		window <- struct{}{}
+	}
+
+	// Shared by the workers and the collector, under mu.
+	var (
+		mu       sync.Mutex
+		written  = make([]bool, n)
+		prefix   = first // blocks [first, prefix) are written
+		reported = first // the last n given to done
+		blockErr error
+		errAt    = len(ix.Blocks)
+	)
+	progress := make(chan struct{}, 1) // a worker moved prefix or failed
+	notify := func() {
+		select {
+		case progress <- struct{}{}:
+		default:
+		}
+	}
+	var readErr error // set by the reader before it closes jobs
+	readErrAt := len(ix.Blocks)
+
+	var readers, decoders sync.WaitGroup
+	readers.Go(func() {
+		defer close(jobs)
+		for i := first; i < len(ix.Blocks); i++ {
+			var in *[]byte
+			select {
+			case <-window:
+			case <-readCtx.Done():
+				return
+			}
+			select {
+			case in = <-free:
+			case <-readCtx.Done():
+				return
+			}
+			b := ix.Blocks[i]
+			*in = grow(*in, b.Size)
+			if _, err := io.ReadFull(r, *in); err != nil {
+				if errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
+				}
+				readErr, readErrAt = fmt.Errorf("read block %d at offset %d: %w", i, b.Offset, err), i
+				return
+			}
+			select {
+			case jobs <- job{i, in}:
+			case <-readCtx.Done():
+				return
+			}
+		}
+	})
+	for range workers {
+		decoders.Go(func() {
+			dec, _ := newDecompressor(ix.Codec) // Validate checked the codec
+			defer dec.close()
+			var out []byte
+			for j := range jobs {
+				var err error
+				if err = ctx.Err(); err == nil {
+					b := ix.Blocks[j.i]
+					out = grow(out, b.RawSize+1)
+					var raw []byte
+					raw, err = decodeBlock(dec, ix.Codec, out, b, *j.in)
+					free <- j.in // the compressed bytes are no longer needed
+					if err != nil {
+						err = fmt.Errorf("block %d: %w", j.i, err)
+					} else {
+						err = write(j.i, raw)
+					}
+				} else {
+					free <- j.in
+				}
+				mu.Lock()
+				if err != nil {
+					if j.i < errAt {
+						blockErr, errAt = err, j.i
+					}
+					stopReading()
+				} else {
+					written[j.i-first] = true
+					for prefix < errAt && prefix < len(ix.Blocks) && written[prefix-first] {
+						prefix++
+					}
+				}
+				mu.Unlock()
+				notify()
+			}
+		})
+	}
+	finished := make(chan struct{})
+	go func() {
+		decoders.Wait()
+		close(finished)
+	}()
+
+	// Report the prefix as it grows; a failure of done is the caller's own and wins.
+	var doneErr error
+	report := func() {
+		mu.Lock()
+		p := prefix
+		mu.Unlock()
+		for ; reported < p && doneErr == nil; reported++ {
+			if err := done(reported + 1); err != nil {
+				doneErr = err
+				stop()
+				return
+			}
+			window <- struct{}{}
+		}
+	}
+	for wait := true; wait; {
+		select {
+		case <-progress:
+		case <-finished:
+			wait = false
+		}
+		report()
+	}
+	readers.Wait()
+	switch {
+	case doneErr != nil:
+		return doneErr
+	case readErr != nil && readErrAt < errAt:
+		return readErr
+	case blockErr != nil:
+		return blockErr
+	case reported == len(ix.Blocks):
+		return nil
+	}
+	return ctx.Err()
+}
+
 // DecodeTo is Decode writing every raw block to w at its offset in the image (ix.RawOffset).
 func (d *Decoder) DecodeTo(ctx context.Context, r io.Reader, first int, w io.WriterAt) error {
 	return d.Decode(ctx, r, first, func(i int, raw []byte) error {

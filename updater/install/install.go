@@ -126,7 +126,7 @@ func (in *Installer) WriteSlot(ctx context.Context, first int) error {
 		return fmt.Errorf("%w: %w", ErrBadRelease, err)
 	}
 	next := first    // blocks [0, next) are written, synced and recorded
-	written := first // blocks [0, written) are written (verified by the decoder before delivery)
+	written := first // blocks [0, written) are written (each verified by the decoder before)
 	var unsynced int64
 	f := in.Disk.File()
 	// flush syncs what was written and records it. It runs every CheckpointBytes, not every block: an
@@ -148,14 +148,22 @@ func (in *Installer) WriteSlot(ctx context.Context, first int) error {
 		}
 		return nil
 	}
-	deliver := func(i int, raw []byte) error {
+	// Blocks are written by the decoder's workers, each at its offset as soon as it is verified, in
+	// any order; done reports the prefix [0, n) that is all written, and only that prefix is synced
+	// and recorded. The sync runs on the collecting goroutine while the workers go on decoding.
+	write := func(i int, raw []byte) error {
 		if _, err := f.WriteAt(raw, slot.Start+ix.RawOffset(i)); err != nil {
 			return &errWrite{fmt.Errorf("write block %d to %s: %w", i, in.Slot, err)}
 		}
-		written = i + 1
-		unsynced += int64(len(raw))
+		return nil
+	}
+	done := func(n int) error {
+		for i := written; i < n; i++ {
+			unsynced += ix.Blocks[i].RawSize
+		}
+		written = n
 		if in.Progress != nil {
-			in.Progress(ix.Blocks[i].Offset+ix.Blocks[i].Size, ix.Size)
+			in.Progress(ix.Blocks[n-1].Offset+ix.Blocks[n-1].Size, ix.Size)
 		}
 		if unsynced >= in.checkpointBytes() || written == len(ix.Blocks) {
 			return flush()
@@ -164,7 +172,7 @@ func (in *Installer) WriteSlot(ctx context.Context, first int) error {
 	}
 	for attempt := 1; next < len(ix.Blocks); attempt++ {
 		before := next
-		err := in.fetchFrom(ctx, dec, next, deliver)
+		err := in.fetchFrom(ctx, dec, next, write, done)
 		if err == nil {
 			break
 		}
@@ -198,7 +206,7 @@ func (in *Installer) WriteSlot(ctx context.Context, first int) error {
 	return nil
 }
 
-func (in *Installer) fetchFrom(ctx context.Context, dec *payload.Decoder, first int, deliver func(int, []byte) error) error {
+func (in *Installer) fetchFrom(ctx context.Context, dec *payload.Decoder, first int, write func(int, []byte) error, done func(int) error) error {
 	ix := &in.Manifest.Root.Payload.Index
 	off := ix.Blocks[first].Offset
 	ctx, cancel := context.WithCancel(ctx)
@@ -208,7 +216,7 @@ func (in *Installer) fetchFrom(ctx context.Context, dec *payload.Decoder, first 
 		return err
 	}
 	defer body.Close()
-	if err := dec.Decode(ctx, body, first, deliver); err != nil {
+	if err := dec.DecodeAt(ctx, body, first, write, done); err != nil {
 		var we *errWrite
 		if errors.As(err, &we) || errors.Is(err, payload.ErrMismatch) || errors.Is(err, payload.ErrBadBlock) {
 			return err
