@@ -34,13 +34,16 @@ type variant struct {
 	health []string
 	// cmdline is the kernel command line its image config sets.
 	cmdline string
+	// compression is its payload's codec (default zstd).
+	compression string
 }
 
 const goodCmdline = "console=ttyS0 panic=5"
 
 var versions = []variant{
 	{version: "1.0.0"},
-	{version: "2.0.0"},
+	// 2.0.0's payload is xz, the others' zstd: the guest decodes both.
+	{version: "2.0.0", compression: "xz"},
 	// 3.0.0 boots, but its health check fails.
 	{version: "3.0.0", health: []string{"/bin/sh", "-c", "echo 'e2e: 3.0.0 is unhealthy by design' >&2; exit 1"}},
 	// 4.0.0's kernel panics on every boot: its initrd's init is missing, so the kernel finds no root.
@@ -165,9 +168,12 @@ func (l *lab) buildVersion(t *testing.T, v variant) {
 	l.run(t, "bash", filepath.Join(l.top, "hack", "mkrootfs.sh"), rootfs)
 	l.installGuest(t, rootfs, v)
 
-	cmdline := v.cmdline
+	cmdline, compression := v.cmdline, v.compression
 	if cmdline == "" {
 		cmdline = goodCmdline
+	}
+	if compression == "" {
+		compression = "zstd"
 	}
 	cfg := fmt.Sprintf(`name: %s
 version: %s
@@ -184,8 +190,8 @@ disk:
   esp: 128MiB
   root: 192MiB
 payload:
-  compression: zstd
-`, osName, v.version, filepath.Join(l.repo, "metadata", "root.json"), cmdline, strings.Join(initrdModules, ", "))
+  compression: %s
+`, osName, v.version, filepath.Join(l.repo, "metadata", "root.json"), cmdline, strings.Join(initrdModules, ", "), compression)
 	cfgFile := filepath.Join(dir, "image.yaml")
 	writeFile(t, cfgFile, cfg, 0o644)
 	out := filepath.Join(dir, "out")
