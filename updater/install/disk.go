@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -37,27 +38,17 @@ type Disk struct {
 // OpenDisk opens the disk image or block device at path for reading and writing, reads its partition
 // table and opens its ESP (FAT32, edited through go-diskfs).
 func OpenDisk(path string) (*Disk, error) {
-	_, parts, err := disk.Read(path)
+	d, err := openDisk(path)
 	if err != nil {
-		return nil, fmt.Errorf("open disk: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open disk: %w", err)
-	}
-	size, err := f.Seek(0, 2)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open disk: %w", err)
-	}
-	d := &Disk{f: f, size: size, parts: parts}
-	p, err := d.Partition(images.PartESP)
-	if err != nil {
-		f.Close()
 		return nil, err
 	}
-	if d.ESP, err = esp.OpenFS(f, p.Start, p.Size()); err != nil {
-		f.Close()
+	p, err := d.Partition(images.PartESP)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	if d.ESP, err = esp.OpenFS(d.f, p.Start, p.Size()); err != nil {
+		d.Close()
 		return nil, fmt.Errorf("open ESP: %w", err)
 	}
 	return d, nil
@@ -179,4 +170,23 @@ func UKICmdline(uki []byte) (string, error) {
 		b = b[:s.VirtualSize]
 	}
 	return strings.TrimRight(string(b), "\x00 \n"), nil
+}
+
+// openDisk reads the partition table of the disk image or block device at path and opens it for
+// reading and writing; the caller sets the ESP.
+func openDisk(path string) (*Disk, error) {
+	_, parts, err := disk.Read(path)
+	if err != nil {
+		return nil, fmt.Errorf("open disk: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open disk: %w", err)
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open disk: %w", err)
+	}
+	return &Disk{f: f, size: size, parts: parts}, nil
 }

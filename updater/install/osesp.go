@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/basalt-os/basalt/bootloader/sdboot"
-	"github.com/basalt-os/basalt/images/disk"
 )
 
 // OSESP is a mounted ESP (vfat): files are written with fsync, renames are os.Rename within one folder
@@ -76,20 +75,12 @@ func (e OSESP) path(name string) string {
 
 // OpenDiskESP opens a block device (or image) whose ESP is mounted and edited through esp.
 func OpenDiskESP(path string, esp ESP) (*Disk, error) {
-	_, parts, err := disk.Read(path)
+	d, err := openDisk(path)
 	if err != nil {
-		return nil, fmt.Errorf("open disk: %w", err)
+		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open disk: %w", err)
-	}
-	size, err := f.Seek(0, 2)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open disk: %w", err)
-	}
-	return &Disk{f: f, size: size, parts: parts, ESP: esp}, nil
+	d.ESP = esp
+	return d, nil
 }
 
 // LastBooted tells, from the ESP's entries alone, which entry a device booted last: an entry on trial
