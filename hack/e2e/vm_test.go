@@ -56,6 +56,9 @@ type bootOptions struct {
 	// stop is called with every serial line and the log so far; when it returns true QEMU is killed at
 	// once (a power cut, or the end of a scenario once its outcome is on the console).
 	stop func(line string, log *serialLog) bool
+	// killDelay, if set, delays the kill after stop fires by the duration it returns: a power cut that
+	// falls wherever the guest has got to, not on the line that was seen.
+	killDelay func() time.Duration
 	// noReboot makes a guest reboot end QEMU (for boots that must not go on to the next try).
 	noReboot bool
 	// timeout bounds the power-on; reaching it fails the test.
@@ -208,30 +211,39 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	fired := false
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), "\r")
 		log.add(line)
 		io.WriteString(logFile, line+"\n")
-		if o.stop != nil && o.stop(line, log) {
-			kill()
-			break
+		if o.stop != nil && !fired && o.stop(line, log) {
+			fired = true
+			if o.killDelay == nil {
+				kill()
+				break
+			}
+			// Cut the power a little later, wherever the guest is by then; keep logging until then.
+			time.AfterFunc(o.killDelay(), kill)
 		}
+	}
+	scanErr := sc.Err()
+	if scanErr != nil {
+		kill()
 	}
 	io.Copy(io.Discard, out)
 	waitErr := qemu.Wait()
-	select {
-	case <-stopped:
-		if ctx.Err() != nil {
-			return fmt.Errorf("%w after %s", errTimeout, o.timeout)
-		}
-		return nil // killed on purpose
-	default:
-	}
 	once.Do(func() { close(stopped) })
-	if waitErr != nil {
+	switch {
+	case scanErr != nil:
+		return fmt.Errorf("read the console: %w", scanErr)
+	case fired:
+		return nil // the power was cut on purpose
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w after %s", errTimeout, o.timeout)
+	case waitErr != nil:
 		return fmt.Errorf("qemu: %v: %s", waitErr, strings.TrimSpace(stderr.String()))
-	}
-	if o.stop != nil && !o.noReboot {
+	case o.stop != nil:
+		// With noReboot a guest reset ends QEMU too: that is no substitute for the awaited line.
 		return errors.New("qemu ended before the expected console output")
 	}
 	return nil
