@@ -266,8 +266,8 @@ func scenarioPowerCut(t *testing.T, l *lab) {
 	for i, c := range cuts {
 		o := bootOptions{timeout: 8 * time.Minute, stop: c.stop}
 		if i < 2 {
-			// The download cuts fall up to 0.6 s (about two blocks under TCG) after a checkpoint line: between checkpoints, where
-			// blocks are being written out of order.
+			// The download cuts fall up to 0.6 s (about two blocks under TCG) after a checkpoint line:
+			// between checkpoints, where blocks are being written out of order.
 			o.killDelay = func() time.Duration { return time.Duration(rng.Int64N(int64(600 * time.Millisecond))) }
 		}
 		log := l.m.boot(t, c.name, o)
