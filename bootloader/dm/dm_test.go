@@ -203,18 +203,21 @@ func TestVerityTableRejectsBadSuperblocks(t *testing.T) {
 		t.Errorf("algorithm not pinned to sha256 or empty salt not '-': %s", tg)
 	}
 	for name, edit := range map[string]func(s *verity.Superblock) (int64, []byte){
-		"hash type 0":      func(s *verity.Superblock) (int64, []byte) { s.HashType = 0; return 40960, rh },
-		"data block 1024":  func(s *verity.Superblock) (int64, []byte) { s.DataBlockSize = 1024; return 40960, rh },
-		"hash block 512":   func(s *verity.Superblock) (int64, []byte) { s.HashBlockSize = 512; return 40960, rh },
-		"data past hash":   func(s *verity.Superblock) (int64, []byte) { s.DataBlocks = 11; return 40960, rh },
-		"zero data":        func(s *verity.Superblock) (int64, []byte) { s.DataBlocks = 0; return 40960, rh },
-		"unaligned offset": func(s *verity.Superblock) (int64, []byte) { return 40960 + 512, rh },
-		"short root hash":  func(s *verity.Superblock) (int64, []byte) { return 40960, rh[:20] },
+		"hash type 0":        func(s *verity.Superblock) (int64, []byte) { s.HashType = 0; return 40960, rh },
+		"data block 1024":    func(s *verity.Superblock) (int64, []byte) { s.DataBlockSize = 1024; return 40960, rh },
+		"hash block 512":     func(s *verity.Superblock) (int64, []byte) { s.HashBlockSize = 512; return 40960, rh },
+		"data past hash":     func(s *verity.Superblock) (int64, []byte) { s.DataBlocks = 11; return 40960, rh },
+		"zero data":          func(s *verity.Superblock) (int64, []byte) { s.DataBlocks = 0; return 40960, rh },
+		"data short of hash": func(s *verity.Superblock) (int64, []byte) { s.DataBlocks = 9; return 40960, rh },
+		"unaligned offset":   func(s *verity.Superblock) (int64, []byte) { return 40960 + 512, rh },
+		"short root hash":    func(s *verity.Superblock) (int64, []byte) { return 40960, rh[:20] },
 	} {
 		s := good
 		off, h := edit(&s)
 		if _, err := VerityTable("/dev/vda2", off, &s, h); err == nil {
 			t.Errorf("%s: accepted", name)
+		} else if name == "data short of hash" && !strings.Contains(err.Error(), "says 9 data blocks, but the hash area starts at block 10") {
+			t.Errorf("%s: unclear error %v", name, err)
 		}
 	}
 }

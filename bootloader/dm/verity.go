@@ -18,7 +18,7 @@ const VerityBlockSize = 4096
 //	0 <data_sectors> verity 1 <dev> <dev> 4096 4096 <data_blocks> <hash_start_block> sha256 <roothash> <salt>
 //
 // The superblock is not trusted: the hash algorithm is pinned to sha256 whatever it says, and its block
-// sizes, hash type and data size are checked. Its data block count and salt enter the tree's root hash,
+// sizes, hash type and data size (exactly hashOffset/4096 blocks) are checked. Its data block count and salt enter the tree's root hash,
 // so a lying superblock only makes verification fail. hash_start_block is the first hash block after the
 // superblock's block, as veritysetup computes it.
 func VerityTable(dev string, hashOffset int64, sb *verity.Superblock, rootHash []byte) (Target, error) {
@@ -37,8 +37,10 @@ func VerityTable(dev string, hashOffset int64, sb *verity.Superblock, rootHash [
 	if sb.DataBlockSize != VerityBlockSize || sb.HashBlockSize != VerityBlockSize {
 		return Target{}, fmt.Errorf("verity table: superblock block sizes %d/%d, want %d", sb.DataBlockSize, sb.HashBlockSize, VerityBlockSize)
 	}
-	if sb.DataBlocks == 0 || sb.DataBlocks > uint64(hashOffset/VerityBlockSize) {
-		return Target{}, fmt.Errorf("verity table: superblock says %d data blocks, but the hash area starts at block %d", sb.DataBlocks, hashOffset/VerityBlockSize)
+	// Basalt puts the hash area right after the filesystem: the data is exactly the blocks before it.
+	// Fewer would leave blocks of the partition that dm-verity never checks.
+	if sb.DataBlocks != uint64(hashOffset/VerityBlockSize) {
+		return Target{}, fmt.Errorf("verity table: superblock says %d data blocks, but the hash area starts at block %d: the data must fill exactly the blocks before it", sb.DataBlocks, hashOffset/VerityBlockSize)
 	}
 	salt := "-"
 	if len(sb.Salt) > 0 {

@@ -20,15 +20,19 @@ import (
 
 // Paths inside the initramfs and the new root.
 const (
-	SysRoot       = "/sysroot"
-	ModulesList   = "/etc/basalt-init/modules"
-	OverlayDir    = "/var/lib/basalt/overlay/etc" // on the state filesystem, under the new root
-	VerityName    = "root"
-	PCR11Path     = "/sys/class/tpm/tpm0/pcr-sha256/11"
-	RootTimeout   = 30 * time.Second
-	PollInterval  = 100 * time.Millisecond
-	stateMountOpt = unix.MS_NODEV | unix.MS_NOSUID
-	espMountOpt   = unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC | unix.MS_DIRSYNC
+	SysRoot     = "/sysroot"
+	ModulesList = "/etc/basalt-init/modules"
+	OverlayDir  = "/var/lib/basalt/overlay/etc" // on the state filesystem, under the new root
+	VerityName  = "root"
+	PCR11Path   = "/sys/class/tpm/tpm0/pcr-sha256/11"
+	EFIVarsDir  = "/sys/firmware/efi/efivars"
+	// LoaderDevicePartUUIDVar is the efivarfs file of systemd-boot's LoaderDevicePartUUID variable
+	// (the partition UUID of the ESP it was started from).
+	LoaderDevicePartUUIDVar = "LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+	RootTimeout             = 30 * time.Second
+	PollInterval            = 100 * time.Millisecond
+	stateMountOpt           = unix.MS_NODEV | unix.MS_NOSUID
+	espMountOpt             = unix.MS_NODEV | unix.MS_NOSUID | unix.MS_NOEXEC | unix.MS_DIRSYNC
 )
 
 // Mounter mounts filesystems (mount(2)).
@@ -72,6 +76,9 @@ type Result struct {
 	Root    *Partition
 	Verity  string // the dm-verity device node
 	Created bool   // the state filesystem was created on this boot
+	// TemporaryVar is set when the state partition had no filesystem but was not blank: it was left
+	// alone and /var is a tmpfs for this boot.
+	TemporaryVar bool
 }
 
 func (b *Boot) path(p string) string {
@@ -126,7 +133,11 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 	if interval == 0 {
 		interval = PollInterval
 	}
-	res.Disk, res.Root, err = WaitRoot(ctx, b.Root, partUUID, timeout, interval)
+	loaderESP := b.loaderESP()
+	if loaderESP != "" {
+		b.Logf("boot loader started from ESP %s", loaderESP)
+	}
+	res.Disk, res.Root, err = WaitRoot(ctx, b.Root, partUUID, loaderESP, timeout, interval)
 	if err != nil {
 		return nil, fmt.Errorf("find root partition: %w", err)
 	}
@@ -141,7 +152,11 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 	if err := b.mount(res.Verity, SysRoot, "ext4", unix.MS_RDONLY, ""); err != nil {
 		return nil, err
 	}
-	if res.Created, err = b.mountState(res.Disk); err != nil {
+	// Before /var and the writable /etc overlay exist, so that init= resolves in the verified root only.
+	if err := CheckExecutable(b.path(SysRoot), cl.Init); err != nil {
+		return nil, fmt.Errorf("init %s in the root: %w", cl.Init, err)
+	}
+	if res.Created, res.TemporaryVar, err = b.mountState(res.Disk); err != nil {
 		return nil, err
 	}
 	esp := ESP(res.Disk)
@@ -156,6 +171,36 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 		b.Logf("pcr11=%s", strings.ToLower(strings.TrimSpace(string(pcr))))
 	}
 	return res, nil
+}
+
+// loaderESP returns the partition UUID of the ESP systemd-boot was started from (the EFI variable
+// LoaderDevicePartUUID, read through efivarfs, mounted here if needed), or "" when there is none.
+func (b *Boot) loaderESP() string {
+	dir := b.path(EFIVarsDir)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return "" // not booted by UEFI, or no efivarfs support
+	}
+	varPath := filepath.Join(dir, LoaderDevicePartUUIDVar)
+	if _, err := os.Stat(varPath); err != nil {
+		err := b.Mounter.Mount("efivarfs", dir, "efivarfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_RDONLY, "")
+		if err != nil && !errors.Is(err, unix.EBUSY) {
+			b.Logf("mount efivarfs on %s: %v (boot loader's ESP unknown)", EFIVarsDir, err)
+			return ""
+		}
+	}
+	data, err := os.ReadFile(varPath)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			b.Logf("read LoaderDevicePartUUID: %v", err)
+		}
+		return ""
+	}
+	u, err := ParseLoaderDevicePartUUID(data)
+	if err != nil {
+		b.Logf("LoaderDevicePartUUID: %v (ignored)", err)
+		return ""
+	}
+	return u
 }
 
 func (b *Boot) loadModules() error {
@@ -214,44 +259,79 @@ func (b *Boot) setupVerity(res *Result) (string, error) {
 	return dev, nil
 }
 
-// mountState mounts the state partition on /sysroot/var, creating its filesystem if it has none, and
-// the /etc overlay whose upper layer lives there. It reports whether it created the filesystem.
+// mountState mounts the state partition on /sysroot/var, and the /etc overlay whose upper layer lives
+// there. It creates the state filesystem only on a blank partition (no ext4 and the first
+// BlankCheckSize bytes zero: the factory state); a partition with no ext4 that is not blank is never
+// formatted: /var becomes a tmpfs for this boot. It reports whether it created the filesystem and
+// whether /var is temporary.
 //
 // TODO(state encryption): unlock the state partition with a TPM-sealed key (dm-crypt) before this.
-func (b *Boot) mountState(d *Disk) (bool, error) {
+func (b *Boot) mountState(d *Disk) (created, temporary bool, err error) {
 	state := StatePartition(d)
 	if state == nil || state.Device == "" {
-		return false, fmt.Errorf("no partition named state on %s", d.Device)
+		return false, false, fmt.Errorf("no partition named state on %s", d.Device)
 	}
 	f, err := os.Open(b.path(d.Device))
 	if err != nil {
-		return false, fmt.Errorf("state partition: %w", err)
+		return false, false, fmt.Errorf("state partition: %w", err)
 	}
 	has, err := HasExt4(f, state.Start)
+	blank := false
+	if err == nil && !has {
+		blank, err = IsBlank(f, state.Start, state.Size)
+	}
 	f.Close()
 	if err != nil {
-		return false, fmt.Errorf("state partition %s: %w", state.Device, err)
+		return false, false, fmt.Errorf("state partition %s: %w", state.Device, err)
 	}
-	if !has {
+	switch {
+	case has:
+		if err := b.mount(state.Device, SysRoot+"/var", "ext4", stateMountOpt, ""); err != nil {
+			return false, false, err
+		}
+	case blank:
 		b.Logf("creating the state filesystem on %s (%d MiB)", state.Device, state.Size>>20)
 		if err := b.Mkfs(state.Device, state.Size); err != nil {
-			return false, err
+			return false, false, err
+		}
+		created = true
+		if err := b.mount(state.Device, SysRoot+"/var", "ext4", stateMountOpt, ""); err != nil {
+			return false, false, err
+		}
+	default:
+		b.Logf("state partition %s is unreadable and not blank: not formatting it; /var is temporary", state.Device)
+		temporary = true
+		if err := b.mount("tmpfs", SysRoot+"/var", "tmpfs", stateMountOpt, "mode=0755"); err != nil {
+			return false, false, err
 		}
 	}
-	if err := b.mount(state.Device, SysRoot+"/var", "ext4", stateMountOpt, ""); err != nil {
-		return false, err
+	if err := b.mountEtcOverlay(); err != nil {
+		return false, false, err
 	}
-	upper, work := SysRoot+OverlayDir+"/upper", SysRoot+OverlayDir+"/work"
-	for _, dir := range []string{upper, work} {
-		if err := os.MkdirAll(b.path(dir), 0o755); err != nil {
-			return false, fmt.Errorf("/etc overlay: %w", err)
+	return created, temporary, nil
+}
+
+// mountEtcOverlay mounts the /etc overlay. Its upper and work folders live on the state partition,
+// which is not trusted: they are created without following symlinks, and the overlay is given them
+// as /proc/self/fd/N of descriptors opened that way, so nothing planted there redirects the mount.
+func (b *Boot) mountEtcOverlay() error {
+	varDir := b.path(SysRoot + "/var")
+	rel := strings.TrimPrefix(OverlayDir, "/var/")
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
+	}()
+	for _, sub := range []string{"upper", "work"} {
+		fd, err := MkdirBeneath(varDir, rel+"/"+sub)
+		if err != nil {
+			return fmt.Errorf("/etc overlay: %w", err)
+		}
+		fds = append(fds, fd)
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", b.path(SysRoot+"/etc"), b.path(upper), b.path(work))
-	if err := b.mount("overlay", SysRoot+"/etc", "overlay", 0, opts); err != nil {
-		return false, err
-	}
-	return !has, nil
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", b.path(SysRoot+"/etc"), FDPath(fds[0]), FDPath(fds[1]))
+	return b.mount("overlay", SysRoot+"/etc", "overlay", 0, opts)
 }
 
 // mount mounts source on target (under Root); the target must exist (the root is read-only).

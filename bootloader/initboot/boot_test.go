@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -21,10 +22,31 @@ type fakeMounter struct {
 	calls []string
 }
 
+// fdPathRE matches the /proc/self/fd/N paths mountEtcOverlay passes; the fake resolves them while
+// the descriptors are open, as the kernel does.
+var fdPathRE = regexp.MustCompile(`/proc/self/fd/[0-9]+`)
+
 func (m *fakeMounter) Mount(source, target, fstype string, flags uintptr, data string) error {
+	data = fdPathRE.ReplaceAllStringFunc(data, func(p string) string {
+		l, err := os.Readlink(p)
+		if err != nil {
+			return "unresolvable:" + p
+		}
+		return "fd:" + l
+	})
 	m.calls = append(m.calls, fmt.Sprintf("%s %s %s %#x %s", source, strings.TrimPrefix(target, m.root), fstype, flags,
 		strings.ReplaceAll(data, m.root, "")))
 	return nil
+}
+
+// makeInit writes an executable /sbin/init into root's sysroot.
+func makeInit(t *testing.T, root string) {
+	t.Helper()
+	p := filepath.Join(root, "sysroot/sbin/init")
+	writeFile(t, p, "#!init\n")
+	if err := os.Chmod(p, 0o755); err != nil {
+		t.Fatal(err)
+	}
 }
 
 type fakeMapper struct{ tables []string }
@@ -56,6 +78,7 @@ func TestBootRun(t *testing.T) {
 	writeFile(t, filepath.Join(root, "proc/cmdline"), fmt.Sprintf("console=ttyS0 roothash=%s basalt.version=1.4.0 basalt.verity.hashoffset=%d\n", hexHash, img.hashOffset))
 	writeFile(t, filepath.Join(root, "etc/basalt-init/modules"), "virtio_blk\ndm-verity\n\next4\n")
 	writeFile(t, filepath.Join(root, PCR11Path), "ABCDEF0123\n")
+	makeInit(t, root)
 	_, infos, err := disk.Read(filepath.Join(root, "dev/vda"))
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +127,7 @@ func TestBootRun(t *testing.T) {
 	wantMounts := []string{
 		fmt.Sprintf("/dev/mapper/root /sysroot ext4 %#x ", unix.MS_RDONLY),
 		fmt.Sprintf("/dev/vda4 /sysroot/var ext4 %#x ", unix.MS_NODEV|unix.MS_NOSUID),
-		fmt.Sprintf("overlay /sysroot/etc overlay 0x0 lowerdir=/sysroot/etc,upperdir=%s/upper,workdir=%s/work", ovl, ovl),
+		fmt.Sprintf("overlay /sysroot/etc overlay 0x0 lowerdir=/sysroot/etc,upperdir=fd:%s/upper,workdir=fd:%s/work", ovl, ovl),
 		fmt.Sprintf("/dev/vda1 /sysroot/efi vfat %#x umask=0077", unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_DIRSYNC),
 	}
 	if strings.Join(m.calls, "\n") != strings.Join(wantMounts, "\n") {
@@ -142,6 +165,7 @@ func TestBootRunFailures(t *testing.T) {
 	for _, d := range []string{"sysroot/etc", "sysroot/var", "sysroot/efi"} {
 		os.MkdirAll(filepath.Join(root, d), 0o755)
 	}
+	makeInit(t, root)
 	hexHash := hex.EncodeToString(img.rootHash)
 	newBoot := func() *Boot {
 		return &Boot{Root: root, Mounter: &fakeMounter{root: root}, Mapper: &fakeMapper{},

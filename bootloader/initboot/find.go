@@ -119,11 +119,18 @@ func readDisk(root, name string) (*Disk, error) {
 	return d, nil
 }
 
-// FindRoot looks for the partition whose GPT UUID is partUUID on the disks under root and returns it
-// with its disk. A partition whose device node is not known yet does not count.
-func FindRoot(root, partUUID string) (*Disk, *Partition, []string) {
+// Candidate is a partition carrying the root's UUID, with its disk.
+type Candidate struct {
+	Disk *Disk
+	Part *Partition
+}
+
+// FindRoots returns every partition whose GPT UUID is partUUID on the disks under root, with its
+// disk. A partition whose device node is not known yet does not count.
+func FindRoots(root, partUUID string) ([]Candidate, []string) {
 	want := strings.ToUpper(partUUID)
 	disks, notes := Scan(root)
+	var found []Candidate
 	for i := range disks {
 		d := &disks[i]
 		p := d.Find(func(p *Partition) bool { return p.GUID == want })
@@ -135,25 +142,80 @@ func FindRoot(root, partUUID string) (*Disk, *Partition, []string) {
 			notes = append(notes, fmt.Sprintf("%s: partition %d has no device node yet", d.Name, p.Number))
 			continue
 		}
-		return d, p, nil
+		found = append(found, Candidate{Disk: d, Part: p})
 	}
-	return nil, nil, notes
+	return found, notes
 }
 
-// WaitRoot calls FindRoot every interval until it finds the root or timeout passes (disks appear
-// asynchronously while their drivers probe).
-func WaitRoot(ctx context.Context, root, partUUID string, timeout, interval time.Duration) (*Disk, *Partition, error) {
+// FindRoot looks for the partition whose GPT UUID is partUUID on the disks under root and returns the
+// first one with its disk. A partition whose device node is not known yet does not count.
+func FindRoot(root, partUUID string) (*Disk, *Partition, []string) {
+	found, notes := FindRoots(root, partUUID)
+	if len(found) == 0 {
+		return nil, nil, notes
+	}
+	return found[0].Disk, found[0].Part, nil
+}
+
+// pickRoot chooses among the candidates: with loaderESP (the partition UUID of the ESP the boot loader
+// was started from, "" when unknown) the one whose disk's ESP has it; without, the only one. ok=false
+// means keep waiting; a non-nil error means never.
+func pickRoot(found []Candidate, loaderESP string) (c Candidate, ok bool, err error) {
+	if loaderESP != "" {
+		for _, c := range found {
+			if e := ESP(c.Disk); e != nil && strings.EqualFold(e.GUID, loaderESP) {
+				for _, o := range found {
+					if o.Disk != c.Disk {
+						if oe := ESP(o.Disk); oe != nil && strings.EqualFold(oe.GUID, loaderESP) {
+							return Candidate{}, false, fmt.Errorf("disks %s and %s both carry the root partition and the boot loader's ESP %s: refusing to guess", c.Disk.Device, o.Disk.Device, loaderESP)
+						}
+					}
+				}
+				return c, true, nil
+			}
+		}
+		return Candidate{}, false, nil
+	}
+	switch len(found) {
+	case 0:
+		return Candidate{}, false, nil
+	case 1:
+		return found[0], true, nil
+	}
+	var devs []string
+	for _, c := range found {
+		devs = append(devs, c.Disk.Device)
+	}
+	return Candidate{}, false, fmt.Errorf("several disks carry the root partition (%s) and the boot loader did not say which it started from (no LoaderDevicePartUUID): refusing to guess", strings.Join(devs, ", "))
+}
+
+// WaitRoot calls FindRoots every interval until it finds the root or timeout passes (disks appear
+// asynchronously while their drivers probe). loaderESP is the partition UUID of the ESP the boot
+// loader was started from (LoaderDevicePartUUID), or "": with it, the root on that ESP's disk wins
+// (another disk carrying a copy of the image is ignored), and if no candidate is on that disk when
+// the time is up, a single candidate is used; without it, two candidates are an error.
+func WaitRoot(ctx context.Context, root, partUUID, loaderESP string, timeout, interval time.Duration) (*Disk, *Partition, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		d, p, notes := FindRoot(root, partUUID)
-		if p != nil {
-			return d, p, nil
+		found, notes := FindRoots(root, partUUID)
+		c, ok, err := pickRoot(found, loaderESP)
+		if err != nil {
+			return nil, nil, err
+		}
+		if ok {
+			return c.Disk, c.Part, nil
 		}
 		select {
 		case <-ctx.Done():
+			if len(found) == 1 {
+				return found[0].Disk, found[0].Part, nil // the ESP named by the boot loader is elsewhere
+			}
+			if len(found) > 1 {
+				return nil, nil, fmt.Errorf("%d disks carry the root partition %s and none has the boot loader's ESP %s: refusing to guess", len(found), partUUID, loaderESP)
+			}
 			seen := "no disks"
 			if len(notes) > 0 {
 				seen = strings.Join(notes, "; ")

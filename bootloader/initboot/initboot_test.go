@@ -109,12 +109,12 @@ func TestWaitRoot(t *testing.T) {
 		_ = os.Rename(filepath.Join(src, "dev"), filepath.Join(root, "dev"))
 		_ = os.Rename(filepath.Join(src, "sys/block/vda"), filepath.Join(root, "sys/block/vda"))
 	}()
-	_, p, err := WaitRoot(context.Background(), root, img.partUUID, 5*time.Second, 20*time.Millisecond)
+	_, p, err := WaitRoot(context.Background(), root, img.partUUID, "", 5*time.Second, 20*time.Millisecond)
 	if err != nil || p.Device != "/dev/vda2" {
 		t.Fatalf("WaitRoot: %+v %v", p, err)
 	}
 	start := time.Now()
-	_, _, err = WaitRoot(context.Background(), root, "00000000-0000-0000-0000-000000000000", 200*time.Millisecond, 20*time.Millisecond)
+	_, _, err = WaitRoot(context.Background(), root, "00000000-0000-0000-0000-000000000000", "", 200*time.Millisecond, 20*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "vda: 4 partitions, none with UUID") {
 		t.Fatalf("WaitRoot for a missing UUID: %v", err)
 	}

@@ -229,3 +229,40 @@ func TestLoaderLoad(t *testing.T) {
 		t.Fatalf("failing load: %v", err)
 	}
 }
+
+// A listed module that modules.dep lacks but /sys/module has (built into the kernel) is fine; one
+// that neither knows is still an error.
+func TestLoaderLoadBuiltin(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "modules.dep"), []byte("kernel/fs/fat/vfat.ko:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "kernel/fs/fat"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kernel/fs/fat/vfat.ko"), []byte("vfat"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sys := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(sys, "dm_mod"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var loaded []string
+	l := &Loader{Dir: dir, SysModuleDir: sys, Finit: func(f *os.File) error {
+		loaded = append(loaded, filepath.Base(f.Name()))
+		return nil
+	}}
+	if _, err := l.Load("dm-mod", "vfat"); err != nil {
+		t.Fatalf("built-in dm-mod: %v", err)
+	}
+	if !reflect.DeepEqual(loaded, []string{"vfat.ko"}) {
+		t.Errorf("loaded %q", loaded)
+	}
+	if _, err := l.Load("nosuch"); err == nil || !strings.Contains(err.Error(), "not in modules.dep") {
+		t.Errorf("unknown module: %v", err)
+	}
+	l.SysModuleDir = ""
+	if _, err := l.Load("dm-mod"); err == nil {
+		t.Error("dm-mod loaded without /sys/module")
+	}
+}

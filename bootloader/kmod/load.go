@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,6 +17,9 @@ type Loader struct {
 	Log *slog.Logger
 	// Finit loads one open module file; nil means finit_module(2) with no parameters.
 	Finit func(f *os.File) error
+	// SysModuleDir is /sys/module: a named module that modules.dep does not list but that has a
+	// folder there (built into the kernel, or already loaded) counts as loaded. "" disables this.
+	SysModuleDir string
 }
 
 // Load loads the named modules and their dependencies, each once, dependencies first. A module the
@@ -30,7 +34,17 @@ func (l *Loader) Load(names ...string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	order, err := dep.LoadOrder(names...)
+	var want []string
+	for _, n := range names {
+		if _, ok := dep.Lookup(n); !ok && l.inKernel(n) {
+			if l.Log != nil {
+				l.Log.Debug("module is built in or already loaded", "module", n)
+			}
+			continue
+		}
+		want = append(want, n)
+	}
+	order, err := dep.LoadOrder(want...)
 	if err != nil {
 		return nil, err
 	}
@@ -63,4 +77,17 @@ func (l *Loader) loadOne(p string, finit func(*os.File) error) error {
 		return fmt.Errorf("load module %s: %w", p, err)
 	}
 	return nil
+}
+
+// inKernel reports whether SysModuleDir/<name> exists (the kernel has the module built in or loaded).
+func (l *Loader) inKernel(name string) bool {
+	if l.SysModuleDir == "" {
+		return false
+	}
+	n := Normalize(name)
+	if n == "" || n == "." || n == ".." || strings.ContainsRune(n, '/') {
+		return false
+	}
+	fi, err := os.Stat(filepath.Join(l.SysModuleDir, n))
+	return err == nil && fi.IsDir()
 }

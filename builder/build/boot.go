@@ -54,7 +54,7 @@ func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, 
 	}
 
 	cmdline := strings.TrimSpace(fmt.Sprintf("%s roothash=%s basalt.version=%s basalt.verity.hashoffset=%d",
-		cfg.Kernel.Cmdline, hex.EncodeToString(root.verity.RootHash), cfg.Version, root.fsSize))
+		withPanicReboot(cfg.Kernel.Cmdline), hex.EncodeToString(root.verity.RootHash), cfg.Version, root.fsSize))
 	sections := []uki.Section{
 		{Name: ".osrel", Data: osrel},
 		{Name: ".cmdline", Data: []byte(cmdline)},
@@ -82,6 +82,24 @@ func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, 
 		}
 	}
 	return bf, nil
+}
+
+// defaultPanic makes a panicking kernel reboot after 10 s, so that systemd-boot's boot counting
+// moves on to the previous version instead of the device hanging at the panic.
+const defaultPanic = "panic=10"
+
+// withPanicReboot returns the configured command line with defaultPanic appended when it sets no
+// panic= itself.
+func withPanicReboot(cmdline string) string {
+	for _, tok := range strings.Fields(cmdline) {
+		if tok == "--" {
+			break
+		}
+		if strings.HasPrefix(tok, "panic=") {
+			return cmdline
+		}
+	}
+	return strings.TrimSpace(cmdline + " " + defaultPanic)
 }
 
 // kernelPath is kernel.path, or the only /boot/vmlinuz-* of the rootfs.

@@ -235,7 +235,7 @@ func TestBuildReadBackByReferenceTools(t *testing.T) {
 		secs[s], _ = os.ReadFile(p)
 	}
 	cmdline := string(secs[".cmdline"])
-	for _, want := range []string{"console=ttyS0", "roothash=" + m.Root.Verity.RootHash, "basalt.version=1.0.0"} {
+	for _, want := range []string{"console=ttyS0 panic=10 roothash=" + m.Root.Verity.RootHash, "basalt.version=1.0.0"} {
 		if !strings.Contains(cmdline, want) {
 			t.Errorf("cmdline %q lacks %q", cmdline, want)
 		}

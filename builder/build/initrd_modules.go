@@ -80,9 +80,19 @@ func (b *builder) addInitrdModules(a *initrd.Archive, tree *rootfs.Tree, release
 	if err := a.Add(initrd.Entry{Name: dir + "/modules.dep", Mode: 0o644, Data: dep.Bytes()}); err != nil {
 		return fmt.Errorf("initrd: %w", err)
 	}
+	// Only names that resolved to a .ko file go into the list: a module built into the kernel has no
+	// modules.dep line, and basalt-init would refuse it.
 	var list strings.Builder
+	var builtIn []string
 	for _, n := range names {
-		list.WriteString(n + "\n")
+		if _, ok := index[kmod.Normalize(n)]; ok {
+			list.WriteString(n + "\n")
+		} else if builtin[kmod.Normalize(n)] {
+			builtIn = append(builtIn, n)
+		}
+	}
+	if len(builtIn) > 0 {
+		b.Log.Info("initrd modules built into the kernel: not loaded by basalt-init", "release", release, "modules", strings.Join(builtIn, " "))
 	}
 	if err := a.Add(initrd.Entry{Name: initModulesList, Mode: 0o644, Data: []byte(list.String())}); err != nil {
 		return fmt.Errorf("initrd: %w", err)

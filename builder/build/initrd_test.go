@@ -94,7 +94,7 @@ func TestInitrdModules(t *testing.T) {
 	tmp := t.TempDir()
 	rootfs := filepath.Join(tmp, "rootfs")
 	makeModulesRootfs(t, rootfs)
-	cfg := modulesConfig(t, tmp, rootfs, "[virtio_blk, dm-verity, vfat]")
+	cfg := modulesConfig(t, tmp, rootfs, "[virtio_blk, dm-verity, nls_base, vfat]") // nls_base is built in
 	res := doBuild(t, cfg, filepath.Join(tmp, "out"))
 	img := initrdOf(t, res, filepath.Join(tmp, "initrd.cpio"))
 
@@ -204,5 +204,32 @@ func TestInitrdInit(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "will not boot") {
 		t.Errorf("no warning about the missing /init:\n%s", logs.String())
+	}
+}
+
+// The builder adds panic=10 to a command line without panic= (so a panicking kernel reboots and boot
+// counting moves on), and keeps the config's own panic= untouched.
+func TestCmdlinePanic(t *testing.T) {
+	objcopy := testtool.Require(t, "objcopy", "binutils")
+	tmp := t.TempDir()
+	rootfs := filepath.Join(tmp, "rootfs")
+	makeModulesRootfs(t, rootfs)
+	for i, tc := range []struct{ cfg, want, not string }{
+		{"console=ttyS0", "console=ttyS0 panic=10 roothash=", ""},
+		{"console=ttyS0 panic=3", "console=ttyS0 panic=3 roothash=", "panic=10"},
+	} {
+		cfg := modulesConfig(t, tmp, rootfs, "[]")
+		cfg.Kernel.Cmdline = tc.cfg
+		res := doBuild(t, cfg, filepath.Join(tmp, "out"+string(rune('a'+i))))
+		p := filepath.Join(tmp, "cmdline")
+		run(t, objcopy, "-O", "binary", "--only-section=.cmdline", filepath.Join(res.UpdateDir, res.Manifest.UKI.Path), p)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := string(b)
+		if !strings.HasPrefix(got, tc.want) || (tc.not != "" && strings.Contains(got, tc.not)) {
+			t.Errorf("config cmdline %q: UKI cmdline %q, want prefix %q", tc.cfg, got, tc.want)
+		}
 	}
 }

@@ -25,7 +25,7 @@ const osName = "basalt-e2e"
 // The guest's kernel modules, loaded by basalt-init from the initrd: disk, network, dm-verity, the
 // root, state and ESP filesystems.
 var initrdModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "dm-verity", "ext4", "crc32c_generic",
-	"overlay", "vfat", "nls_cp437", "nls_ascii"}
+	"overlay", "vfat", "nls_cp437", "nls_ascii", "efivarfs"}
 
 // variant says how a version differs from a good one.
 type variant struct {

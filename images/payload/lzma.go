@@ -504,6 +504,10 @@ func lzma2DictSize(b byte) (uint32, error) {
 // earlier blocks that this stream cannot reach, and returns the compressed bytes it used and the new
 // output position. Output that would go beyond len(out) gives errTooLarge before it is decoded.
 func (d *lzmaDecoder) decodeLZMA2(in, out []byte, pos int, dictSize uint32) (int, int, error) {
+	// A new stream owes nothing to the last one, which may have ended in an error in the middle of a
+	// match: its pending bytes, state and distances must not reach this stream (a first chunk resets
+	// the probabilities; an uncompressed first chunk does not reset the rest).
+	d.pending, d.state, d.rep = 0, 0, [4]uint32{}
 	dictStart := pos
 	ip := 0
 	needDictReset, needProps := true, true

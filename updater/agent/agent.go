@@ -420,6 +420,25 @@ func (a *Agent) mayReboot() bool {
 	return !a.ImageMode && a.Config.Reboot == "auto" && a.Reboot != nil
 }
 
+// RequestReboot asks for a reboot now if the agent may reboot (a device, not an image, whose
+// configuration says reboot: auto) and a switched version waits for it; it reports whether it asked.
+// The daemon uses it to retry a reboot that failed or was deferred to the maintenance window.
+func (a *Agent) RequestReboot(ctx context.Context) (rebooting bool, err error) {
+	if !a.mayReboot() {
+		return false, nil
+	}
+	s, err := a.open()
+	if err != nil {
+		return false, err
+	}
+	phase := s.st.Phase
+	s.close()
+	if phase != state.Switched {
+		return false, fmt.Errorf("%w: no switched version waits for a reboot (state %s)", ErrNothingPending, phase)
+	}
+	return true, a.reboot()
+}
+
 // reboot logs the reboot and asks for it.
 func (a *Agent) reboot() error {
 	a.log().Info("rebooting")

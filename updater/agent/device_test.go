@@ -221,3 +221,35 @@ func TestErrorClass(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestReboot: a reboot that failed after the switch leaves the version switched; RequestReboot
+// asks again ("rebooting") and does nothing with reboot: never, in image mode, or with nothing switched.
+func TestRequestReboot(t *testing.T) {
+	a := newAgent(t)
+	reboots, log := asDevice(t, a)
+	ctx := context.Background()
+	if ok, err := a.RequestReboot(ctx); ok || !errors.Is(err, ErrNothingPending) || *reboots != 0 {
+		t.Fatalf("nothing switched: %v %v, %d reboots", ok, err, *reboots)
+	}
+	fail := errors.New("systemctl reboot: exit status 1")
+	a.Reboot = func() error { *reboots++; return fail }
+	if _, err := a.Install(ctx, "", false); !errors.Is(err, fail) {
+		t.Fatalf("install with a failing reboot: %v", err)
+	}
+	if st := mustStatus(t, a); st.State.Phase != state.Switched || st.Running != "1.0.0" {
+		t.Fatalf("after the failed reboot: %+v", st)
+	}
+	a.Reboot = func() error { *reboots++; return nil }
+	log.Reset()
+	if ok, err := a.RequestReboot(ctx); !ok || err != nil || *reboots != 2 || !strings.Contains(log.String(), "msg=rebooting") {
+		t.Fatalf("retry: %v %v, %d reboots, log\n%s", ok, err, *reboots, log)
+	}
+	a.Config.Reboot = "never"
+	if ok, err := a.RequestReboot(ctx); ok || err != nil || *reboots != 2 {
+		t.Errorf("reboot: never: %v %v, %d reboots", ok, err, *reboots)
+	}
+	a.Config.Reboot, a.ImageMode = "auto", true
+	if ok, err := a.RequestReboot(ctx); ok || err != nil || *reboots != 2 {
+		t.Errorf("image mode: %v %v, %d reboots", ok, err, *reboots)
+	}
+}

@@ -81,8 +81,33 @@ type Check struct {
 
 // Poll is the daemon's check interval with random jitter added.
 type Poll struct {
-	Interval Duration `yaml:"interval"` // default 6h
+	Interval Duration `yaml:"interval"` // default 6h, at least MinPollInterval
 	Jitter   Duration `yaml:"jitter"`   // default 30m
+
+	// intervalLine is the YAML line of interval (0: not from YAML), for error messages.
+	intervalLine int
+}
+
+// MinPollInterval is the shortest poll.interval accepted. It is this short for test labs (the QEMU
+// end-to-end suite polls every 5s); devices in the field should poll every few hours.
+const MinPollInterval = 5 * time.Second
+
+// UnmarshalYAML decodes a poll mapping and remembers where interval was written.
+func (p *Poll) UnmarshalYAML(n *yaml.Node) error {
+	type plain Poll
+	var v plain
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	*p = Poll(v)
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == "interval" {
+				p.intervalLine = n.Content[i+1].Line
+			}
+		}
+	}
+	return nil
 }
 
 // Duration is a time.Duration in YAML as Go duration text ("90s", "6h").
@@ -193,8 +218,23 @@ func (c *Config) Validate() error {
 	if c.ESP != "" && !filepath.IsAbs(c.ESP) {
 		bad("esp %q: want an absolute path", c.ESP)
 	}
-	if c.MaintenanceWindow != "" && !windowRE.MatchString(c.MaintenanceWindow) {
-		bad("maintenanceWindow %q: want HH:MM-HH:MM (UTC)", c.MaintenanceWindow)
+	if iv := time.Duration(c.Poll.Interval); iv < MinPollInterval {
+		where := ""
+		if c.Poll.intervalLine > 0 {
+			where = fmt.Sprintf(" (line %d)", c.Poll.intervalLine)
+		}
+		bad("poll.interval %v%s: want at least %v (that is for test labs; devices in the field should poll every few hours, e.g. 6h)",
+			iv, where, MinPollInterval)
+	}
+	if c.Poll.Jitter < 0 {
+		bad("poll.jitter %v: want a duration >= 0", time.Duration(c.Poll.Jitter))
+	}
+	if c.MaintenanceWindow != "" {
+		if !windowRE.MatchString(c.MaintenanceWindow) {
+			bad("maintenanceWindow %q: want HH:MM-HH:MM (UTC)", c.MaintenanceWindow)
+		} else if from, to := c.window(); from == to {
+			bad("maintenanceWindow %q: start equals end; leave it empty for always, or give a window like 02:00-04:00", c.MaintenanceWindow)
+		}
 	}
 	if c.Reboot != "auto" && c.Reboot != "never" {
 		bad("reboot %q: want auto or never", c.Reboot)
@@ -222,12 +262,41 @@ func (c *Config) InWindow(t time.Time) bool {
 	if c.MaintenanceWindow == "" {
 		return true
 	}
-	var h1, m1, h2, m2 int
-	fmt.Sscanf(c.MaintenanceWindow, "%d:%d-%d:%d", &h1, &m1, &h2, &m2)
+	from, to := c.window()
 	t = t.UTC()
-	now, from, to := t.Hour()*60+t.Minute(), h1*60+m1, h2*60+m2
+	now := t.Hour()*60 + t.Minute()
 	if from <= to {
 		return now >= from && now < to
 	}
 	return now >= from || now < to
+}
+
+// window returns the maintenance window's start and end in minutes after midnight UTC.
+func (c *Config) window() (from, to int) {
+	var h1, m1, h2, m2 int
+	fmt.Sscanf(c.MaintenanceWindow, "%d:%d-%d:%d", &h1, &m1, &h2, &m2)
+	return h1*60 + m1, h2*60 + m2
+}
+
+// NextWindow returns how long after t the maintenance window next opens (0 when it is open at t or
+// there is no window) and how long the window lasts (0: no window, always open).
+func (c *Config) NextWindow(t time.Time) (until, length time.Duration) {
+	if c.MaintenanceWindow == "" {
+		return 0, 0
+	}
+	from, to := c.window()
+	length = time.Duration((to-from+24*60)%(24*60)) * time.Minute
+	if length == 0 {
+		length = 24 * time.Hour // refused by Validate; treat as always open
+	}
+	if c.InWindow(t) {
+		return 0, length
+	}
+	t = t.UTC()
+	day := time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	open := day.Add(time.Duration(from) * time.Minute)
+	if !open.After(t) {
+		open = open.AddDate(0, 0, 1)
+	}
+	return open.Sub(t), length
 }

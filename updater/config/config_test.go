@@ -110,3 +110,60 @@ func TestInWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestPollAndWindowLimits: too short a poll interval (with its line), a negative jitter and an empty
+// maintenance window (start = end) are refused; the e2e lab's 5s interval stays valid.
+func TestPollAndWindowLimits(t *testing.T) {
+	base := "name: basalt\nrepository: {url: http://x}\n"
+	tests := []struct{ yaml, want string }{
+		{base + "poll:\n  interval: 4s\n", "poll.interval 4s (line 4): want at least 5s"},
+		{base + "poll: {interval: 1ms}\n", "devices in the field should poll every few hours"},
+		{base + "poll: {jitter: -1m}\n", "line 3"},
+		{base + "maintenanceWindow: 02:00-02:00\n", "maintenanceWindow \"02:00-02:00\": start equals end"},
+	}
+	for _, tt := range tests {
+		_, err := Parse([]byte(tt.yaml))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Parse(%q) = %v, want an error with %q", tt.yaml, err, tt.want)
+		}
+	}
+	c, err := Parse([]byte(base + "poll:\n  interval: 5s\n  jitter: 0s\nmaintenanceWindow: 02:00-02:01\n"))
+	if err != nil {
+		t.Fatalf("lab config: %v", err)
+	}
+	if time.Duration(c.Poll.Interval) != 5*time.Second {
+		t.Errorf("interval %v", time.Duration(c.Poll.Interval))
+	}
+	// Validate alone (a Config built in code) checks the interval too.
+	c.Poll.Interval = Duration(time.Second)
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "poll.interval 1s") {
+		t.Errorf("validate: %v", err)
+	}
+	c.Poll.Interval, c.Poll.Jitter = Duration(time.Hour), Duration(-time.Second)
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "poll.jitter") {
+		t.Errorf("validate: %v", err)
+	}
+}
+
+func TestNextWindow(t *testing.T) {
+	at := func(h, m, s int) time.Time { return time.Date(2026, 1, 1, h, m, s, 0, time.UTC) }
+	tests := []struct {
+		window        string
+		t             time.Time
+		until, length time.Duration
+	}{
+		{"", at(12, 0, 0), 0, 0},
+		{"02:00-04:00", at(3, 0, 0), 0, 2 * time.Hour},
+		{"02:00-04:00", at(1, 59, 30), 30 * time.Second, 2 * time.Hour},
+		{"02:00-04:00", at(4, 0, 0), 22 * time.Hour, 2 * time.Hour},
+		{"22:00-02:00", at(12, 0, 0), 10 * time.Hour, 4 * time.Hour},
+		{"22:00-02:00", at(1, 0, 0), 0, 4 * time.Hour},
+		{"22:00-02:00", at(2, 0, 0), 20 * time.Hour, 4 * time.Hour},
+	}
+	for _, tt := range tests {
+		c := &Config{MaintenanceWindow: tt.window}
+		if until, length := c.NextWindow(tt.t.In(time.FixedZone("X", 3600))); until != tt.until || length != tt.length {
+			t.Errorf("%q at %v: %v %v, want %v %v", tt.window, tt.t, until, length, tt.until, tt.length)
+		}
+	}
+}

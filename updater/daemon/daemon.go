@@ -1,8 +1,10 @@
 // Package daemon is `basalt-updater daemon`: the device's one update actor. At start it runs the
 // post-boot health verdict (bless or roll back a version on trial; a version that ran out of boot
 // tries is recorded as failed by the agent and never retried automatically). Then it loops: within the
-// maintenance window, check for and install the newest eligible release, then reboot as configured;
-// wait the poll interval plus random jitter, or a growing backoff after an error, and go on. Errors
+// maintenance window, check for and install the newest eligible release, then reboot as configured -
+// only while the window is still open (a switched version whose reboot failed or was deferred is
+// rebooted by the next cycle inside the window); wait the poll interval plus random jitter (outside the
+// window: until it opens, plus jitter), or a growing backoff after an error, and go on. Errors
 // are logged with their class (attack, fault, user) and never end the loop; a cancelled context (SIGTERM)
 // stops it cleanly, leaving an install checkpointed and resumable.
 package daemon
@@ -28,6 +30,9 @@ type Agent interface {
 	Status(ctx context.Context) (*agent.Status, error)
 	RunHealth(ctx context.Context, noReboot bool) (agent.HealthResult, error)
 	Install(ctx context.Context, pin string, noReboot bool) (*agent.Result, error)
+	// RequestReboot asks for the reboot of a switched version if the agent may reboot (a device with
+	// reboot: auto) and reports whether it asked.
+	RequestReboot(ctx context.Context) (bool, error)
 }
 
 // Outcome is what one cycle did.
@@ -40,8 +45,11 @@ const (
 	// Installed: a release was installed and switched to; no reboot was asked (image mode, reboot:
 	// never).
 	Installed Outcome = "installed"
-	// Rebooting: a reboot was asked for (after an install or a rollback).
+	// Rebooting: a reboot was asked for (after an install or a rollback, or again for a switched
+	// version whose reboot failed or was deferred).
 	Rebooting Outcome = "rebooting"
+	// Deferred: a switched version waits for the maintenance window to reboot (reboot: auto).
+	Deferred Outcome = "reboot-deferred"
 	// OutsideWindow: the maintenance window is closed; nothing was checked.
 	OutsideWindow Outcome = "outside-window"
 	// Pending: a switched version waits for a reboot the operator does (reboot: never).
@@ -93,16 +101,30 @@ func (d *Daemon) sleep(ctx context.Context, dur time.Duration) error {
 	return wait.Sleep(ctx, dur)
 }
 
-// interval is the poll interval plus jitter.
-func (d *Daemon) interval() time.Duration {
-	iv, j := time.Duration(d.Config.Poll.Interval), time.Duration(d.Config.Poll.Jitter)
-	if j <= 0 {
-		return iv
+// jitter returns a random duration in [0, max) (0 when max <= 0).
+func (d *Daemon) jitter(max time.Duration) time.Duration {
+	if max <= 0 {
+		return 0
 	}
 	if d.Jitter != nil {
-		return iv + d.Jitter(j)
+		return d.Jitter(max)
 	}
-	return iv + rand.N(j)
+	return rand.N(max)
+}
+
+// interval is the poll interval plus jitter.
+func (d *Daemon) interval() time.Duration {
+	return time.Duration(d.Config.Poll.Interval) + d.jitter(time.Duration(d.Config.Poll.Jitter))
+}
+
+// untilWindow is the wait from now until the maintenance window opens, plus the poll jitter bounded by
+// the window's length (so that a fleet does not wake all at once, and still wakes inside the window).
+func (d *Daemon) untilWindow() time.Duration {
+	until, length := d.Config.NextWindow(d.now())
+	if length <= 0 {
+		return d.interval() // no window: always open
+	}
+	return until + d.jitter(min(time.Duration(d.Config.Poll.Jitter), length))
 }
 
 // backoff is the wait after the n-th failed cycle in a row (n >= 1).
@@ -169,13 +191,18 @@ func (d *Daemon) Cycle(ctx context.Context) (Outcome, error) {
 		}
 	case state.Switched:
 		d.log().Info("update pending reboot", "version", st.State.Target, "running", st.Running)
-		return Pending, nil
+		if d.Config.Reboot != "auto" {
+			return Pending, nil
+		}
+		// The reboot after the switch failed, or was deferred to the maintenance window: ask again.
+		return d.reboot(ctx, st.State.Target, Pending)
 	}
 	if !d.Config.InWindow(d.now()) {
 		d.log().Info("outside maintenance window", "window", d.Config.MaintenanceWindow, "running", st.Running)
 		return OutsideWindow, nil
 	}
-	res, err := d.Agent.Install(ctx, "", false)
+	// The daemon reboots itself, after checking the window again: an install may end after it closed.
+	res, err := d.Agent.Install(ctx, "", true)
 	switch {
 	case errors.Is(err, tufclient.ErrNoUpdate):
 		d.Metrics.Checked(d.now())
@@ -185,10 +212,28 @@ func (d *Daemon) Cycle(ctx context.Context) (Outcome, error) {
 		return Failed, err
 	}
 	d.Metrics.Checked(d.now())
-	if res.Rebooting {
+	if d.Config.Reboot != "auto" {
+		return Installed, nil
+	}
+	return d.reboot(ctx, res.Version, Installed)
+}
+
+// reboot asks the agent for the reboot of the switched version if the maintenance window is open now;
+// outside it the version stays switched and the next cycle in the window reboots. It returns declined
+// when the agent does not reboot (image mode).
+func (d *Daemon) reboot(ctx context.Context, version string, declined Outcome) (Outcome, error) {
+	if !d.Config.InWindow(d.now()) {
+		d.log().Info("reboot deferred to the maintenance window", "version", version, "window", d.Config.MaintenanceWindow)
+		return Deferred, nil
+	}
+	asked, err := d.Agent.RequestReboot(ctx)
+	if err != nil {
+		return Failed, fmt.Errorf("reboot into %s: %w", version, err)
+	}
+	if asked {
 		return Rebooting, nil
 	}
-	return Installed, nil
+	return declined, nil
 }
 
 // Once runs the post-boot run and, unless it asked for a reboot, one cycle. Its error is the first
@@ -222,7 +267,9 @@ func (d *Daemon) Once(ctx context.Context) error {
 }
 
 // Run runs until ctx ends (SIGTERM, SIGINT) and then returns nil: the post-boot run, then cycles
-// spaced by the poll interval plus jitter, or by a growing backoff after failures. No error ends it.
+// spaced by the poll interval plus jitter, or by a growing backoff after failures; outside the
+// maintenance window (nothing checked, or a reboot deferred) the next cycle comes when the window opens,
+// plus jitter within the window. No error ends it.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.log().Info("daemon started", "interval", time.Duration(d.Config.Poll.Interval), "jitter", time.Duration(d.Config.Poll.Jitter),
 		"window", d.Config.MaintenanceWindow, "reboot", d.Config.Reboot)
@@ -243,11 +290,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	failures := 0
 	for {
-		_, err := d.Cycle(ctx)
+		out, err := d.Cycle(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		wait := d.interval()
+		if out == OutsideWindow || out == Deferred {
+			wait = d.untilWindow()
+		}
 		if err != nil {
 			failures++
 			d.failed("update", err)

@@ -28,6 +28,27 @@ type fakeAgent struct {
 	calls    []string
 	// onInstall, if set, runs inside Install (the context it gets is the daemon's).
 	onInstall func(ctx context.Context) error
+	// reboots pops one error per RequestReboot (nil or none left: asked); noReboot: the agent declines
+	// (image mode).
+	reboots  []error
+	noReboot bool
+	// switchOnInstall: a successful install leaves the state switched (else the phase is kept).
+	switchOnInstall bool
+}
+
+func (f *fakeAgent) RequestReboot(context.Context) (bool, error) {
+	f.calls = append(f.calls, "reboot")
+	if f.noReboot {
+		return false, nil
+	}
+	if len(f.reboots) > 0 {
+		err := f.reboots[0]
+		f.reboots = f.reboots[1:]
+		if err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 func (f *fakeAgent) Status(context.Context) (*agent.Status, error) {
@@ -41,6 +62,9 @@ func (f *fakeAgent) RunHealth(context.Context, bool) (agent.HealthResult, error)
 
 func (f *fakeAgent) Install(ctx context.Context, pin string, noReboot bool) (*agent.Result, error) {
 	f.calls = append(f.calls, "install")
+	if !noReboot {
+		return nil, errors.New("the daemon must reboot itself, after checking the window")
+	}
 	if f.onInstall != nil {
 		if err := f.onInstall(ctx); err != nil {
 			return nil, err
@@ -53,6 +77,9 @@ func (f *fakeAgent) Install(ctx context.Context, pin string, noReboot bool) (*ag
 	f.installs = f.installs[1:]
 	if err != nil {
 		return nil, err
+	}
+	if f.switchOnInstall {
+		f.phase = state.Switched
 	}
 	return &agent.Result{Version: "2.0.0"}, nil
 }
@@ -113,7 +140,7 @@ func TestRunBacksOff(t *testing.T) {
 	if strings.Count(out, `msg="no update" running=1.0.0`) != 2 || !strings.Contains(out, `msg="daemon stopped"`) {
 		t.Errorf("log:\n%s", out)
 	}
-	if a.calls[0] != "health" || len(a.calls) != 8 {
+	if !slices.Equal(a.calls, []string{"health", "install", "install", "install", "install", "reboot", "install", "install", "install"}) {
 		t.Errorf("calls %v", a.calls)
 	}
 }
@@ -147,7 +174,7 @@ func TestWindow(t *testing.T) {
 // gets its verdict first.
 func TestPending(t *testing.T) {
 	a := &fakeAgent{phase: state.Switched, running: "1.0.0"}
-	d, ctx, _, log := newDaemon(t, a, testConfig(t, ""), 100)
+	d, ctx, _, log := newDaemon(t, a, testConfig(t, "reboot: never\n"), 100)
 	if out, err := d.Cycle(ctx); out != Pending || err != nil || len(a.calls) != 0 {
 		t.Fatalf("switched: %v %v %v", out, err, a.calls)
 	}
@@ -208,5 +235,97 @@ func TestOnce(t *testing.T) {
 	d.Agent = a
 	if err := d.Once(ctx); err != nil || !slices.Equal(a.calls, []string{"health"}) {
 		t.Errorf("once after a rollback: %v %v", err, a.calls)
+	}
+}
+
+// TestPendingRebootRetried: a switched version whose reboot failed is rebooted by a later cycle, with
+// the daemon's backoff while the reboot keeps failing; reboot: never and image mode leave it pending.
+func TestPendingRebootRetried(t *testing.T) {
+	fail := errors.New("reboot: systemctl reboot: exit status 1")
+	a := &fakeAgent{phase: state.Switched, running: "1.0.0", reboots: []error{fail, fail, nil}}
+	d, ctx, waits, log := newDaemon(t, a, testConfig(t, ""), 4)
+	d.Backoff = time.Minute
+	if err := d.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if want := []time.Duration{5 * time.Second, time.Minute, 2 * time.Minute, 65 * time.Minute}; !slices.Equal(*waits, want) {
+		t.Errorf("waits %v, want %v", *waits, want)
+	}
+	if !slices.Equal(a.calls, []string{"health", "reboot", "reboot", "reboot"}) {
+		t.Errorf("calls %v", a.calls)
+	}
+	if c := strings.Count(log.String(), `msg="update failed" class=fault err="reboot into 2.0.0: reboot: systemctl`); c != 2 {
+		t.Errorf("log:\n%s", log)
+	}
+	a = &fakeAgent{phase: state.Switched, running: "1.0.0", noReboot: true}
+	d.Agent = a
+	if out, err := d.Cycle(ctx); out != Pending || err != nil || !slices.Equal(a.calls, []string{"reboot"}) {
+		t.Errorf("image mode: %v %v %v", out, err, a.calls)
+	}
+}
+
+// TestRebootWindow: an install that ends after the window closed does not reboot ("reboot deferred to
+// the maintenance window"); the version stays switched and the first cycle inside the next window
+// reboots it.
+func TestRebootWindow(t *testing.T) {
+	a := &fakeAgent{phase: state.Idle, running: "1.0.0", installs: []error{nil}, switchOnInstall: true}
+	d, ctx, _, log := newDaemon(t, a, testConfig(t, "maintenanceWindow: 02:00-04:00\n"), 100)
+	clock := time.Date(2026, 11, 1, 3, 50, 0, 0, time.UTC)
+	d.Now = func() time.Time { return clock }
+	a.onInstall = func(context.Context) error { clock = clock.Add(40 * time.Minute); return nil } // ends 04:30
+	if out, err := d.Cycle(ctx); out != Deferred || err != nil || slices.Contains(a.calls, "reboot") {
+		t.Fatalf("install past the window: %v %v %v", out, err, a.calls)
+	}
+	if !strings.Contains(log.String(), `msg="reboot deferred to the maintenance window" version=2.0.0 window=02:00-04:00`) {
+		t.Errorf("log:\n%s", log)
+	}
+	clock = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	if out, err := d.Cycle(ctx); out != Deferred || err != nil || slices.Contains(a.calls, "reboot") {
+		t.Fatalf("switched, outside the window: %v %v %v", out, err, a.calls)
+	}
+	clock = time.Date(2026, 11, 2, 2, 10, 0, 0, time.UTC)
+	if out, err := d.Cycle(ctx); out != Rebooting || err != nil || !slices.Equal(a.calls, []string{"install", "reboot"}) {
+		t.Fatalf("switched, inside the window: %v %v %v", out, err, a.calls)
+	}
+	// Inside the window an install reboots at once.
+	a = &fakeAgent{phase: state.Idle, running: "1.0.0", installs: []error{nil}, switchOnInstall: true}
+	d.Agent = a
+	if out, err := d.Cycle(ctx); out != Rebooting || err != nil || !slices.Equal(a.calls, []string{"install", "reboot"}) {
+		t.Fatalf("install inside the window: %v %v %v", out, err, a.calls)
+	}
+}
+
+// TestWaitForWindow: outside the window the daemon sleeps until it opens plus jitter, the jitter
+// bounded by the window's length - not a poll interval.
+func TestWaitForWindow(t *testing.T) {
+	for _, tt := range []struct {
+		window string
+		want   time.Duration
+	}{
+		{"22:00-02:00", 19*time.Hour + 5*time.Minute}, // jitter 10m/2
+		{"22:00-22:04", 19*time.Hour + 2*time.Minute}, // jitter bounded by the 4m window: 4m/2
+		{"02:30-05:00", 0 + 0},                        // open: an interval after the check
+	} {
+		a := &fakeAgent{phase: state.Idle, running: "1.0.0"}
+		d, ctx, waits, _ := newDaemon(t, a, testConfig(t, "maintenanceWindow: "+tt.window+"\n"), 2)
+		if err := d.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want := tt.want
+		if want == 0 {
+			want = 65 * time.Minute
+		}
+		if !slices.Equal(*waits, []time.Duration{5 * time.Second, want}) {
+			t.Errorf("%s: waits %v, want [5s %v]", tt.window, *waits, want)
+		}
+	}
+	// A deferred reboot waits for the window too.
+	a := &fakeAgent{phase: state.Switched, running: "1.0.0"}
+	d, ctx, waits, _ := newDaemon(t, a, testConfig(t, "maintenanceWindow: 22:00-02:00\n"), 2)
+	if err := d.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if want := []time.Duration{5 * time.Second, 19*time.Hour + 5*time.Minute}; !slices.Equal(*waits, want) || slices.Contains(a.calls, "reboot") {
+		t.Errorf("deferred: waits %v, calls %v", *waits, a.calls)
 	}
 }

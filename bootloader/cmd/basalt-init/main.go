@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -55,11 +54,12 @@ func (c *console) fatal(err error) {
 
 func main() {
 	c := &console{out: os.Stdout}
+	defer recoverFatal(c.fatal)
 	b := &initboot.Boot{
 		Root:    "/",
 		Mounter: initboot.SysMounter{},
 		Mapper:  initboot.DMMapper{},
-		Modules: func(dir string) initboot.ModuleLoader { return &kmod.Loader{Dir: dir} },
+		Modules: func(dir string) initboot.ModuleLoader { return &kmod.Loader{Dir: dir, SysModuleDir: "/sys/module"} },
 		Release: initboot.KernelRelease,
 		Mkfs: func(dev string, size int64) error {
 			return initboot.MakeStateFS(dev, 0, size)
@@ -80,38 +80,17 @@ func main() {
 	if err != nil {
 		c.fatal(err)
 	}
-	init := res.Cmdline.Init
-	if err := checkExecutable(initboot.SysRoot, init); err != nil {
-		c.fatal(fmt.Errorf("init %s in the root: %w", init, err))
-	}
+	init := res.Cmdline.Init // checked by Run before /var and the /etc overlay were mounted
 	c.logf("root ready in %s", time.Since(start).Round(time.Millisecond))
 	c.logf("starting %s", init)
 	err = initboot.SwitchRoot(initboot.SysRoot, init, c.logf)
 	c.fatal(fmt.Errorf("switch root: %w", err))
 }
 
-// checkExecutable checks that path, resolved inside root the way it will be after switch_root (an
-// absolute symlink such as /sbin/init -> /lib/systemd/systemd stays inside root), is an executable
-// regular file.
-func checkExecutable(root, path string) error {
-	dir, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
+// recoverFatal, deferred, turns a panic into fatal (which reboots): PID 1 must never exit, and a
+// kernel panic on PID 1's death would not reboot without panic=.
+func recoverFatal(fatal func(error)) {
+	if r := recover(); r != nil {
+		fatal(fmt.Errorf("panic: %v", r))
 	}
-	defer unix.Close(dir)
-	fd, err := unix.Openat2(dir, strings.TrimPrefix(path, "/"), &unix.OpenHow{
-		Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT,
-	})
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o111 == 0 {
-		return fmt.Errorf("not an executable file (mode %o)", st.Mode)
-	}
-	return nil
 }
