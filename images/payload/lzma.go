@@ -11,8 +11,8 @@ import "errors"
 // circular dictionary and reads through interfaces.
 //
 // The range coder's bit decode is written out by hand inside the literal and match loops (the same
-// dozen lines several times): the Go compiler does not inline it there with the coder's state kept in
-// registers, and the hand-inlined loops measured about 1.5x faster. Keep the copies in step.
+// dozen lines several times) so that the coder's state stays in local variables through the hot loops,
+// which calls to a method on the coder do not allow. Keep the copies in step.
 
 // errLZMA is the error for every malformed LZMA2 stream; the block's hashes were right, so the
 // details would only help someone debugging an encoder.
