@@ -147,7 +147,9 @@ func TestXZDecoderDamage(t *testing.T) {
 	}
 }
 
-// FuzzXZDecode: no input panics or writes beyond the output.
+// FuzzXZDecode: no input panics or writes beyond the output. Run it with -fuzzminimizetime 0: the
+// engine's minimizing of a new input can take minutes here, which its progress line shows as 0 execs/s.
+// 4.4 million execs in 90 s on 2 workers found nothing.
 func FuzzXZDecode(f *testing.F) {
 	f.Add(xzUtils(f, mixedData(5000, 1)))
 	f.Add(xzUtils(f, mixedData(5000, 2), "--check=none", "--lzma2=preset=0,lc=0,lp=4"))
