@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -146,7 +145,7 @@ func TestWriteDeterministic(t *testing.T) {
 	if err := Write(b, rev, sampleOptions(512*mib)); err != nil {
 		t.Fatal(err)
 	}
-	if !sameFile(t, a, b) {
+	if !testtool.SameFile(t, a, b) {
 		t.Fatal("two writes of the same files differ")
 	}
 	// ModTime reaches the image.
@@ -155,39 +154,8 @@ func TestWriteDeterministic(t *testing.T) {
 	if err := Write(b, files, opts); err != nil {
 		t.Fatal(err)
 	}
-	if sameFile(t, a, b) {
+	if testtool.SameFile(t, a, b) {
 		t.Fatal("ModTime did not reach the image")
-	}
-}
-
-// sameFile compares two files chunk by chunk.
-func sameFile(t *testing.T, a, b string) bool {
-	t.Helper()
-	fa, err := os.Open(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fa.Close()
-	fb, err := os.Open(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fb.Close()
-	ba, bb := make([]byte, mib), make([]byte, mib)
-	for {
-		na, erra := io.ReadFull(fa, ba)
-		nb, errb := io.ReadFull(fb, bb)
-		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
-			return false
-		}
-		for _, err := range []error{erra, errb} {
-			if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				t.Fatal(err)
-			}
-		}
-		if erra != nil || errb != nil { // equal counts: both files ended here
-			return true
-		}
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -250,39 +249,8 @@ func TestDeterministic(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if !sameFile(t, a, b) {
+	if !testtool.SameFile(t, a, b) {
 		t.Fatal("two writes of the same layout differ")
-	}
-}
-
-// sameFile compares two files chunk by chunk.
-func sameFile(t *testing.T, a, b string) bool {
-	t.Helper()
-	fa, err := os.Open(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fa.Close()
-	fb, err := os.Open(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fb.Close()
-	ba, bb := make([]byte, mib), make([]byte, mib)
-	for {
-		na, erra := io.ReadFull(fa, ba)
-		nb, errb := io.ReadFull(fb, bb)
-		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
-			return false
-		}
-		for _, err := range []error{erra, errb} {
-			if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				t.Fatal(err)
-			}
-		}
-		if erra != nil || errb != nil { // equal counts: both files ended here
-			return true
-		}
 	}
 }
 

@@ -1,6 +1,6 @@
 // Package testtool finds the reference tools tests read our formats back with (sgdisk, e2fsck,
 // veritysetup, mtools, ...). A missing tool fails the test with the Debian package to install: such
-// tests are never skipped.
+// tests are never skipped. It also holds the byte-for-byte file comparison that determinism tests share.
 package testtool
 
 import (
