@@ -7,6 +7,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+
+	"github.com/basalt-os/basalt/internal/atomicfile"
 )
 
 // Dir is the part of an ESP the boot-counting logic needs. Paths are relative with forward slashes
@@ -40,23 +42,10 @@ func (d OSDir) Rename(oldname, newname string) error {
 	if err := os.Rename(o, n); err != nil {
 		return err
 	}
-	if err := syncPath(n); err != nil {
-		return fmt.Errorf("sync %s: %w", n, err)
-	}
-	if err := syncPath(filepath.Dir(n)); err != nil {
-		return fmt.Errorf("sync %s: %w", filepath.Dir(n), err)
-	}
-	return nil
-}
-
-// syncPath fsyncs a file or folder.
-func syncPath(name string) error {
-	f, err := os.Open(name)
-	if err != nil {
+	if err := atomicfile.Sync(n); err != nil {
 		return err
 	}
-	defer f.Close()
-	return f.Sync()
+	return atomicfile.SyncDir(filepath.Dir(n))
 }
 
 // List returns the Basalt entries in d's EFI/Linux folder, in systemd-boot's menu order. Files that are

@@ -65,17 +65,20 @@ func Abort(f *os.File) {
 }
 
 // SyncDir fsyncs a folder, making renames and new entries in it durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
+func SyncDir(dir string) error { return Sync(dir) }
+
+// Sync fsyncs the file or folder name (opened read-only).
+func Sync(name string) error {
+	f, err := os.Open(name)
 	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
+		return fmt.Errorf("sync %s: %w", name, err)
 	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
+		return fmt.Errorf("sync %s: %w", name, err)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/internal/atomicfile"
 )
 
 // OSESP is a mounted ESP (vfat): files are written with fsync, renames are os.Rename within one folder
@@ -58,15 +59,7 @@ func (e OSESP) Remove(name string) error {
 	if err != nil {
 		return err
 	}
-	d, err := os.Open(filepath.Dir(p))
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", filepath.Dir(p), err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", filepath.Dir(p), err)
-	}
-	return nil
+	return atomicfile.SyncDir(filepath.Dir(p))
 }
 
 func (e OSESP) path(name string) string {
