@@ -73,12 +73,14 @@ func sequence(markers ...[]string) func(string, *serialLog) bool {
 	}
 }
 
+var versionRE = regexp.MustCompile(`version=(\S+)`)
+
 // bootedVersions lists the versions basalt-init mounted, in boot order.
 func bootedVersions(log *serialLog) []string {
 	var out []string
 	for _, l := range log.Lines() {
 		if i := strings.Index(l, "basalt-init: root verified:"); i >= 0 {
-			if m := regexp.MustCompile(`version=(\S+)`).FindStringSubmatch(l[i:]); m != nil {
+			if m := versionRE.FindStringSubmatch(l[i:]); m != nil {
 				out = append(out, m[1])
 			}
 		}
