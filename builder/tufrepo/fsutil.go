@@ -1,8 +1,6 @@
 package tufrepo
 
 import (
-	"github.com/basalt-os/basalt/internal/atomicfile"
-
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -14,7 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/basalt-os/basalt/internal/atomicfile"
+	"github.com/basalt-os/basalt/internal/lockfile"
 )
 
 // writeAtomic replaces name with data, world-readable (metadata and targets are public).
@@ -74,20 +73,16 @@ func checkSum(n int64, h hash.Hash, wantSize int64, wantSHA256 string) error {
 	return nil
 }
 
-// lockFile takes an exclusive, non-blocking flock on name. The lock goes away with the process.
-func lockFile(name string) (*os.File, error) {
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
+// lockFile takes an exclusive, non-blocking lock on name. The lock goes away with the process.
+func lockFile(name string) (*lockfile.Lock, error) {
+	l, err := lockfile.TryLock(name)
+	if errors.Is(err, lockfile.ErrBusy) {
+		return nil, fmt.Errorf("%w: %w (another basalt process writes the repository; wait for it to finish)", ErrLocked, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("lock repository: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w (%s is held by another basalt process; wait for it to finish)", ErrLocked, name)
-		}
-		return nil, fmt.Errorf("lock repository %s: %w", name, err)
-	}
-	return f, nil
+	return l, nil
 }
 
 // isTemp reports whether a file name is one of our temp files.

@@ -43,9 +43,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/basalt-os/basalt/keys"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/basalt-os/basalt/internal/lockfile"
+	"github.com/basalt-os/basalt/keys"
 )
 
 // Folder and file names of a repository.
@@ -166,7 +168,7 @@ type Repo struct {
 	dir  string
 	opts Options
 	cfg  Config
-	lock *os.File
+	lock *lockfile.Lock
 
 	root      *metadata.Metadata[metadata.RootType]
 	targets   *metadata.Metadata[metadata.TargetsType]
@@ -187,7 +189,7 @@ func (r *Repo) Close() error {
 	if r.lock == nil {
 		return nil
 	}
-	err := r.lock.Close()
+	err := r.lock.Unlock()
 	r.lock = nil
 	return err
 }

@@ -13,12 +13,14 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/basalt-os/basalt/bootloader/sdboot"
 	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/internal/lockfile"
 	"github.com/basalt-os/basalt/updater/config"
 	"github.com/basalt-os/basalt/updater/health"
 	"github.com/basalt-os/basalt/updater/install"
@@ -52,9 +54,17 @@ type Agent struct {
 	HealthSleep func(context.Context, time.Duration) error
 	// OnSave, if set, is called after every durable state change (tests use it to cut the process).
 	OnSave func(state.State)
+	// Point, if set, is called at the install's commit points (see install.Installer.Point) and after
+	// every state save ("save-<phase>"): fault-injection tests cut the power there.
+	Point func(name string)
 	// Written, if set, is called with the payload bytes of every stretch of blocks an install writes
 	// (metrics).
 	Written func(n int64)
+	// LockWait is how long a command waits for another basalt-updater to finish (0: it fails at once
+	// with ErrBusy naming the other process).
+	LockWait time.Duration
+	// BootID, if set, replaces the kernel's boot ID (tests; device mode).
+	BootID string
 }
 
 func (a *Agent) log() *slog.Logger {
@@ -67,29 +77,105 @@ func (a *Agent) log() *slog.Logger {
 // StatePath is the state file's path.
 func (a *Agent) StatePath() string { return filepath.Join(a.Config.StateDir, StateFile) }
 
-// session is an open disk with what runs on it and the state, brought up to date with the boot.
+// session is an open disk with what runs on it and the state, brought up to date with the boot. It
+// holds the updater's lock unless readOnly.
 type session struct {
-	disk    *install.Disk
-	booted  *install.Booted
-	version string
-	st      state.State
-	rebuilt bool
+	disk     *install.Disk
+	booted   *install.Booted
+	version  string
+	st       state.State
+	rebuilt  bool
+	lock     *lockfile.Lock
+	readOnly bool   // another updater holds the lock: nothing may be written
+	busy     string // who holds it, for status
 }
 
-func (s *session) close() { s.disk.Close() }
-
-func (a *Agent) open() (*session, error) {
-	var d *install.Disk
-	var err error
-	if a.ImageMode || a.Config.ESP == "" {
-		d, err = install.OpenDisk(a.Disk)
-	} else {
-		d, err = install.OpenDiskESP(a.Disk, install.OSESP{OSDir: sdboot.OSDir(a.Config.ESP)})
+func (s *session) close() {
+	if s.disk != nil {
+		s.disk.Close()
 	}
+	s.lock.Unlock()
+}
+
+// LockFile is the lock's name in the state folder: every command that may change the slots, the ESP
+// or the state holds it, so that the daemon and a CLI install never write at the same time.
+const LockFile = "updater.lock"
+
+// ErrBusy is wrapped when another basalt-updater holds the lock.
+var ErrBusy = errors.New("another basalt-updater is running")
+
+// lock takes the updater's lock, waiting up to LockWait.
+func (a *Agent) lock(ctx context.Context) (*lockfile.Lock, error) {
+	if err := os.MkdirAll(a.Config.StateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("state folder: %w", err)
+	}
+	l, err := lockfile.Wait(ctx, filepath.Join(a.Config.StateDir, LockFile), a.LockWait, 200*time.Millisecond)
+	var b *lockfile.Busy
+	if errors.As(err, &b) {
+		if b.PID > 0 {
+			return nil, fmt.Errorf("%w (pid %d)", ErrBusy, b.PID)
+		}
+		return nil, ErrBusy
+	}
+	return l, err
+}
+
+// bootID returns the kernel's ID of the running boot on a device, "" on a disk image.
+func (a *Agent) bootID() string {
+	if a.ImageMode {
+		return ""
+	}
+	if a.BootID != "" {
+		return a.BootID
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// openDisk opens the disk with its ESP: on a disk image, the ESP inside it; on a device, the mounted
+// ESP (the configuration's esp, or where /proc/self/mountinfo shows the ESP partition mounted). The
+// ESP's sectors are never edited behind the back of a kernel that has it mounted.
+func (a *Agent) openDisk() (*install.Disk, error) {
+	if a.ImageMode {
+		return install.OpenDisk(a.Disk)
+	}
+	mount, err := install.ESPMount(a.Disk, a.Config.ESP)
 	if err != nil {
 		return nil, err
 	}
-	s := &session{disk: d}
+	if mount == "" {
+		return install.OpenDisk(a.Disk)
+	}
+	return install.OpenDiskESP(a.Disk, install.OSESP{OSDir: sdboot.OSDir(mount)})
+}
+
+// open opens a session: the disk, what runs, and the state brought up to date with this boot. It takes
+// the lock; with readOnly (status) it goes on without it when another updater holds it, and then
+// writes nothing.
+func (a *Agent) open(ctx context.Context, readOnly bool) (*session, error) {
+	s := &session{}
+	l, err := a.lock(ctx)
+	switch {
+	case err == nil:
+		s.lock = l
+	case readOnly && errors.Is(err, ErrBusy):
+		s.readOnly, s.busy = true, err.Error()
+	default:
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.close()
+		}
+	}()
+	if s.disk, err = a.openDisk(); err != nil {
+		return nil, err
+	}
+	d := s.disk
 	if a.ImageMode {
 		s.booted, err = d.BootedEntry(a.Config.Name)
 		if err == nil {
@@ -100,7 +186,6 @@ func (a *Agent) open() (*session, error) {
 		if cmdline == "" {
 			b, rerr := os.ReadFile("/proc/cmdline")
 			if rerr != nil {
-				d.Close()
 				return nil, fmt.Errorf("read kernel command line: %w", rerr)
 			}
 			cmdline = string(b)
@@ -113,39 +198,42 @@ func (a *Agent) open() (*session, error) {
 		}
 	}
 	if err != nil {
-		d.Close()
 		return nil, err
 	}
 	if err := images.ValidateVersion(s.version); err != nil {
-		d.Close()
 		return nil, fmt.Errorf("running version: %w", err)
 	}
 	entries, err := sdboot.List(d.ESP)
 	if err != nil {
-		d.Close()
 		return nil, err
-	}
-	if err := os.MkdirAll(a.Config.StateDir, 0o755); err != nil {
-		d.Close()
-		return nil, fmt.Errorf("state folder: %w", err)
 	}
 	facts := state.Facts{Name: a.Config.Name, Booted: s.version, Entries: entries, BootedSlot: s.booted.Slot, InactiveSlot: install.OtherSlot(s.booted.Slot)}
 	s.st, s.rebuilt, err = state.LoadOrRebuild(a.StatePath(), facts, a.log())
 	if err != nil {
-		d.Close()
 		return nil, err
 	}
-	// Record the boot: a switched version that runs is on trial; one that does not came back - unless
-	// its entry was never tried yet (no reboot since the switch).
-	if s.st.Phase == state.Switched && s.version != s.st.Target {
-		if e, ok := sdboot.Find(entries, a.Config.Name, s.st.Target); ok && e.Counting && e.Done == 0 && e.Left > 0 {
-			return s, nil
-		}
+	if s.readOnly {
+		ok = true
+		return s, nil
 	}
+	// Record the boot. The ESP is the truth about the switch: what the target's entry shows, and
+	// whether the device rebooted since the state was saved, decide between "on trial", "not rebooted
+	// yet" and "failed to come up".
 	loaded := s.st
-	if n, err := state.Next(s.st, state.Event{Kind: state.Boot, Version: s.version}); err == nil {
+	target, hasTarget := sdboot.Find(entries, a.Config.Name, s.st.Target)
+	boot := a.bootID()
+	ev := state.Event{Kind: state.Boot, Version: s.version,
+		Rebooted:    boot != "" && s.st.Boot != "" && boot != s.st.Boot,
+		TargetEntry: state.EntryStatusOf(target, hasTarget)}
+	if n, err := state.Next(s.st, ev); err == nil {
 		if n.Phase == state.Failed && s.st.Phase != state.Failed {
-			a.log().Warn("update failed to boot", "version", s.st.Target, "running", s.version)
+			a.log().Warn("update failed to boot", "version", s.st.Target, "running", s.version, "reason", n.Error)
+			// An entry the boot loader passed over must never be tried later either.
+			if hasTarget && !target.Bad() && !target.Blessed() {
+				if err := sdboot.Rename(d.ESP, target, target.MarkBad()); err != nil {
+					a.log().Warn("mark the failed entry bad", "entry", target.FileName(), "err", err)
+				}
+			}
 		}
 		s.st = n
 	} else if s.st.Current != s.version && (s.st.Phase == state.Idle || s.st.Phase == state.Good) {
@@ -157,14 +245,18 @@ func (a *Agent) open() (*session, error) {
 	// full state partition.
 	if s.rebuilt || !reflect.DeepEqual(loaded, s.st) {
 		if err := a.save(s); err != nil {
-			d.Close()
 			return nil, err
 		}
 	}
+	ok = true
 	return s, nil
 }
 
 func (a *Agent) save(s *session) error {
+	if s.readOnly {
+		return fmt.Errorf("%w: %s", ErrBusy, s.busy)
+	}
+	s.st.Boot = a.bootID()
 	if err := state.Save(a.StatePath(), s.st); err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			return fmt.Errorf("record state: state partition full (%s): %w", a.Config.StateDir, err)
@@ -173,6 +265,9 @@ func (a *Agent) save(s *session) error {
 	}
 	if a.OnSave != nil {
 		a.OnSave(s.st)
+	}
+	if a.Point != nil {
+		a.Point("save-" + string(s.st.Phase))
 	}
 	return nil
 }
@@ -204,11 +299,13 @@ type Status struct {
 	Entries  []string    `json:"entries"`
 	State    state.State `json:"state"`
 	Rebuilt  bool        `json:"stateRebuilt,omitempty"`
+	// Busy says another basalt-updater holds the lock (the state shown is as last saved).
+	Busy string `json:"busy,omitempty"`
 }
 
-// Status describes the device.
+// Status describes the device. It works while another basalt-updater runs (then it only reads).
 func (a *Agent) Status(ctx context.Context) (*Status, error) {
-	s, err := a.open()
+	s, err := a.open(ctx, true)
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +314,7 @@ func (a *Agent) Status(ctx context.Context) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &Status{Running: s.version, Slot: s.booted.Slot, RootHash: s.booted.RootHash, Inactive: install.OtherSlot(s.booted.Slot), State: s.st, Rebuilt: s.rebuilt}
+	st := &Status{Running: s.version, Slot: s.booted.Slot, RootHash: s.booted.RootHash, Inactive: install.OtherSlot(s.booted.Slot), State: s.st, Rebuilt: s.rebuilt, Busy: s.busy}
 	for _, e := range entries {
 		st.Entries = append(st.Entries, e.FileName())
 	}
@@ -251,7 +348,7 @@ func (a *Agent) full(err error) error {
 
 // Check refreshes the TUF metadata and returns the release install would pick (pin: exactly that one).
 func (a *Agent) Check(ctx context.Context, pin string) (*tufclient.Release, error) {
-	s, err := a.open()
+	s, err := a.open(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +381,7 @@ var ErrPending = errors.New("an update is pending")
 // Install installs the newest eligible release (or pin) into the inactive slot and switches to it,
 // resuming an install that was cut; then reboots unless noReboot (or in image mode).
 func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result, error) {
-	s, err := a.open()
+	s, err := a.open(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -345,7 +442,7 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 		}
 	}
 	in := &install.Installer{Disk: s.disk, Manifest: m, Fetcher: f, Slot: slot, Active: s.booted.Slot, Retry: a.Retry,
-		Progress: progress, VerifyProgress: verifyProgress,
+		Progress: progress, VerifyProgress: verifyProgress, Point: a.Point,
 		Checkpoint: func(n int) error {
 			if err := a.apply(s, state.Event{Kind: state.Progress, Blocks: n}); err != nil {
 				return err
@@ -427,7 +524,7 @@ func (a *Agent) RequestReboot(ctx context.Context) (rebooting bool, err error) {
 	if !a.mayReboot() {
 		return false, nil
 	}
-	s, err := a.open()
+	s, err := a.open(ctx, false)
 	if err != nil {
 		return false, err
 	}
@@ -479,7 +576,7 @@ var ErrNothingPending = errors.New("no version on trial")
 // MarkGood blesses the running version on trial: its entry loses its counter, the state becomes good,
 // and entries no slot needs any more are removed.
 func (a *Agent) MarkGood(ctx context.Context) error {
-	s, err := a.open()
+	s, err := a.open(ctx, false)
 	if err != nil {
 		return err
 	}
@@ -523,7 +620,7 @@ func (a *Agent) Rollback(ctx context.Context, noReboot bool) error {
 
 // rollback is Rollback; it also says whether it asked for a reboot.
 func (a *Agent) rollback(ctx context.Context, noReboot bool) (rebooting bool, err error) {
-	s, err := a.open()
+	s, err := a.open(ctx, false)
 	if err != nil {
 		return false, err
 	}

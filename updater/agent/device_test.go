@@ -253,3 +253,39 @@ func TestRequestReboot(t *testing.T) {
 		t.Errorf("image mode: %v %v, %d reboots", ok, err, *reboots)
 	}
 }
+
+// TestPassedOverAfterReboot: the device rebooted after the switch, but the boot loader did not try the
+// new entry (it orders another one first, as systemd-boot did with 2.0.0 over 2.0.0-rc.1, or the
+// firmware refused it). That is a failed update: recorded, its entry marked bad, and no reason to reboot
+// again (the daemon used to reboot every few seconds).
+func TestPassedOverAfterReboot(t *testing.T) {
+	a := newAgent(t)
+	reboots, _ := asDevice(t, a)
+	ctx := context.Background()
+	a.BootID = "boot-1"
+	if _, err := a.Install(ctx, "", false); err != nil {
+		t.Fatal(err)
+	}
+	if *reboots != 1 {
+		t.Fatalf("%d reboots after the install", *reboots)
+	}
+	// Same boot, asked again (the reboot failed or was deferred): still switched, a reboot is due.
+	if ok, err := a.RequestReboot(ctx); !ok || err != nil {
+		t.Fatalf("same boot: %v %v", ok, err)
+	}
+	// The next boot still runs 1.0.0 and 2.0.0's entry is untouched ("+3").
+	a.BootID = "boot-2"
+	st := mustStatus(t, a)
+	if st.State.Phase != state.Failed || !st.State.IsBad("2.0.0") || !strings.Contains(st.State.Error, "not tried by the boot loader") {
+		t.Fatalf("after a reboot that passed the new entry over: %+v", st.State)
+	}
+	if got := entries(t, a.Disk); !slices.Contains(got, "basalt_2.0.0+0.efi") {
+		t.Errorf("entries %v: the passed-over entry is not marked bad", got)
+	}
+	if ok, err := a.RequestReboot(ctx); ok || !errors.Is(err, ErrNothingPending) || *reboots != 2 {
+		t.Errorf("a reboot was asked for again: %v %v, %d reboots", ok, err, *reboots)
+	}
+	if _, err := a.Install(ctx, "", false); !errors.Is(err, tufclient.ErrNoUpdate) {
+		t.Errorf("the failed version is installed again: %v", err)
+	}
+}

@@ -29,6 +29,7 @@ type ESP interface {
 // Disk is a Basalt disk open for updating: a disk image file or a block device, its partitions, and its
 // ESP.
 type Disk struct {
+	path  string
 	f     *os.File
 	size  int64
 	parts []disk.PartitionInfo
@@ -46,6 +47,11 @@ func OpenDisk(path string) (*Disk, error) {
 	if err != nil {
 		d.Close()
 		return nil, err
+	}
+	// Raw FAT edits behind the back of a kernel that has the ESP mounted would corrupt it.
+	if err := CheckUnused(path, p.Number); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("open ESP: %w (use the mounted ESP: set esp in the configuration)", err)
 	}
 	if d.ESP, err = esp.OpenFS(d.f, p.Start, p.Size()); err != nil {
 		d.Close()
@@ -175,9 +181,9 @@ func UKICmdline(uki []byte) (string, error) {
 // openDisk reads the partition table of the disk image or block device at path and opens it for
 // reading and writing; the caller sets the ESP.
 func openDisk(path string) (*Disk, error) {
-	_, parts, err := disk.Read(path)
+	_, parts, err := readTable(path)
 	if err != nil {
-		return nil, fmt.Errorf("open disk: %w", err)
+		return nil, err
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -188,5 +194,14 @@ func openDisk(path string) (*Disk, error) {
 		f.Close()
 		return nil, fmt.Errorf("open disk: %w", err)
 	}
-	return &Disk{f: f, size: size, parts: parts}, nil
+	return &Disk{path: path, f: f, size: size, parts: parts}, nil
+}
+
+// readTable reads the partition table of the disk image or device at path.
+func readTable(path string) (*disk.Layout, []disk.PartitionInfo, error) {
+	l, parts, err := disk.Read(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open disk: %w", err)
+	}
+	return l, parts, nil
 }

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"sync/atomic"
 
@@ -57,6 +58,17 @@ type Installer struct {
 	// VerifyProgress, if set, is called while VerifySlot reads the slot back, with the bytes of the
 	// verity-protected data read so far and their total. It may be called from several goroutines.
 	VerifyProgress func(done, total int64)
+	// Point, if set, is called at the commit points of an install, for fault-injection tests (a
+	// power cut there): "gpt-write-N" after the N-th write of the GPT update (before it is synced),
+	// "switch-before-rename" once the new UKI is on the ESP under its temporary name,
+	// "switch-after-rename" right after the rename that is the switch.
+	Point func(name string)
+}
+
+func (in *Installer) point(name string) {
+	if in.Point != nil {
+		in.Point(name)
+	}
 }
 
 func (in *Installer) check() error {
@@ -117,6 +129,9 @@ func (in *Installer) WriteSlot(ctx context.Context, first int) error {
 	}
 	if m.Root.Size > slot.Size() {
 		return fmt.Errorf("%w: image of %d bytes does not fit slot %s of %d bytes", ErrRefused, m.Root.Size, in.Slot, slot.Size())
+	}
+	if err := CheckUnused(in.Disk.path, slot.Number); err != nil {
+		return fmt.Errorf("%w: slot %s: %w", ErrRefused, in.Slot, err)
 	}
 	if first < 0 || first > len(ix.Blocks) {
 		return fmt.Errorf("%w: checkpoint %d outside the payload's %d blocks", ErrRefused, first, len(ix.Blocks))
@@ -292,7 +307,7 @@ func (in *Installer) SetPartUUID() error {
 		return err
 	}
 	d := in.Disk
-	if err := SetPartitionGUID(d.f, d.f, d.size, slot.Number, in.Manifest.Root.PartUUID); err != nil {
+	if err := SetPartitionGUID(d.f, &pointWriter{f: d.f, point: in.point}, d.size, slot.Number, in.Manifest.Root.PartUUID); err != nil {
 		return err
 	}
 	if err := d.f.Sync(); err != nil {
@@ -354,11 +369,31 @@ func (in *Installer) Switch(ctx context.Context) error {
 		esp.Remove(tmp)
 		return fmt.Errorf("UKI on the ESP reads back with sha256 %x, want %s", sum, m.UKI.SHA256)
 	}
+	in.point("switch-before-rename")
 	if err := esp.Rename(tmp, fresh.Path()); err != nil {
 		return fmt.Errorf("switch to %s: %w", fresh.FileName(), err)
 	}
+	in.point("switch-after-rename")
 	return nil
 }
+
+// pointWriter writes and syncs the disk and calls point after each write ("gpt-write-N").
+type pointWriter struct {
+	f     *os.File
+	n     int
+	point func(string)
+}
+
+func (w *pointWriter) WriteAt(b []byte, off int64) (int, error) {
+	n, err := w.f.WriteAt(b, off)
+	if err == nil {
+		w.n++
+		w.point(fmt.Sprintf("gpt-write-%d", w.n))
+	}
+	return n, err
+}
+
+func (w *pointWriter) Sync() error { return w.f.Sync() }
 
 // fetchFile downloads a whole file of the update folder and checks its size and sha256, with retries.
 func (in *Installer) fetchFile(ctx context.Context, f images.File) ([]byte, error) {

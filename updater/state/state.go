@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/basalt-os/basalt/bootloader/sdboot"
 	"github.com/basalt-os/basalt/images"
 )
 
@@ -58,6 +59,10 @@ type State struct {
 	// Bad lists versions that failed after the switch (health failure, panics, rollback): they are not
 	// installed again automatically.
 	Bad []string `json:"bad,omitempty"`
+	// Boot is the kernel's boot ID (/proc/sys/kernel/random/boot_id) of the boot in which the state was
+	// last saved, "" on a disk image. A different boot ID at the next start means the device rebooted
+	// since: a switched version that is still untried then was passed over by the boot loader.
+	Boot string `json:"boot,omitempty"`
 }
 
 // New returns the idle state of a device running current.
@@ -104,6 +109,40 @@ type Event struct {
 	Err     string // Fail
 	// Force lets Start install a version listed as bad (an explicit `install --version`).
 	Force bool
+	// Boot only: Rebooted says the device rebooted since the state was last saved (the boot ID
+	// changed); TargetEntry is what the ESP shows of the target's boot entry ("" = not known: a record
+	// of a device running something else than the switched target then counts as a failed update).
+	Rebooted    bool
+	TargetEntry EntryStatus
+}
+
+// EntryStatus is what the ESP shows of a version's boot entry: the ESP, not the state file, is the
+// truth about the switch.
+type EntryStatus string
+
+// Entry statuses.
+const (
+	EntryUnknown EntryStatus = ""
+	EntryNone    EntryStatus = "none"    // no entry
+	EntryUntried EntryStatus = "untried" // a counter, no try used yet ("+3")
+	EntryTried   EntryStatus = "tried"   // a counter with tries used and left ("+2-1")
+	EntryBad     EntryStatus = "bad"     // no tries left ("+0-3")
+	EntryBlessed EntryStatus = "blessed" // no counter
+)
+
+// EntryStatusOf says what e shows (ok false: no entry).
+func EntryStatusOf(e sdboot.Entry, ok bool) EntryStatus {
+	switch {
+	case !ok:
+		return EntryNone
+	case e.Blessed():
+		return EntryBlessed
+	case e.Bad():
+		return EntryBad
+	case e.Done == 0:
+		return EntryUntried
+	}
+	return EntryTried
 }
 
 // ErrTransition is wrapped by Next's errors: the event is not allowed in the current phase (a bug or a
@@ -180,12 +219,25 @@ func Next(s State, ev Event) (State, error) {
 		n.Phase = Switched
 	case Boot:
 		switch {
-		case s.Phase == Switched && ev.Version == s.Target:
+		case (s.Phase == Switched || s.Phase == Verified && ev.TargetEntry != EntryNone) && ev.Version == s.Target:
+			// From verified: the power went between the switch's rename and the state save; the new
+			// version running is proof of the switch.
 			n.Phase = Trying
 		case s.Phase == Trying && ev.Version == s.Target:
 			return s, nil // booted again before the health checks ended
+		case ev.TargetEntry == EntryUntried && !ev.Rebooted && (s.Phase == Switched || s.Phase == Verified):
+			return s, nil // switched (or cut right after the rename), no reboot yet
+		case ev.TargetEntry == EntryUntried && ev.Rebooted && (s.Phase == Switched || s.Phase == Verified):
+			// The device rebooted and the boot loader did not even try the new entry (it orders another
+			// one first, or the firmware refused it): record the failure; never reboot for it again.
+			n.Phase, n.Error = Failed, fmt.Sprintf("version %s was not tried by the boot loader after a reboot; running %s", s.Target, ev.Version)
+			n.Bad = appendOnce(n.Bad, s.Target)
+		case s.Phase == Verified && (ev.TargetEntry == EntryTried || ev.TargetEntry == EntryBad):
+			// Switched, cut before the state save, tried and fallen back.
+			n.Phase, n.Error = Failed, fmt.Sprintf("version %s did not come up; running %s", s.Target, ev.Version)
+			n.Bad = appendOnce(n.Bad, s.Target)
 		case (s.Phase == Switched || s.Phase == Trying) && ev.Version != s.Target:
-			// Boot counting ran out (or the entry was never chosen): the old version came back.
+			// Boot counting ran out (or the entry is gone): the old version came back.
 			n.Phase, n.Error = Failed, fmt.Sprintf("version %s did not come up; running %s", s.Target, ev.Version)
 			n.Bad = appendOnce(n.Bad, s.Target)
 		default:

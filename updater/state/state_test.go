@@ -68,6 +68,33 @@ func TestNext(t *testing.T) {
 				s.Target, s.TargetSlot = "2.0.0", "root-b"
 				s.Error, s.Bad = "version 2.0.0 did not come up; running 1.0.0", []string{"2.0.0"}
 			}), nil},
+		// The ESP is the truth: a cut between the switch's rename and the state save (#12 item 3).
+		{"boot new after a cut before the switched save", st(Verified), Event{Kind: Boot, Version: "2.0.0", Rebooted: true, TargetEntry: EntryTried}, st(Trying), nil},
+		{"verified, no entry: not switched", st(Verified), Event{Kind: Boot, Version: "2.0.0", TargetEntry: EntryNone}, st(Verified), ErrTransition},
+		{"verified, old runs, entry untried, same boot", st(Verified), Event{Kind: Boot, Version: "1.0.0", TargetEntry: EntryUntried}, st(Verified), nil},
+		{"verified, old runs, entry tried out", st(Verified), Event{Kind: Boot, Version: "1.0.0", Rebooted: true, TargetEntry: EntryBad},
+			st(Failed, func(s *State) {
+				s.Target, s.TargetSlot = "2.0.0", "root-b"
+				s.Error, s.Bad = "version 2.0.0 did not come up; running 1.0.0", []string{"2.0.0"}
+			}), nil},
+		{"verified, old runs, no entry", st(Verified), Event{Kind: Boot, Version: "1.0.0", Rebooted: true, TargetEntry: EntryNone}, st(Verified), nil},
+		// Rebooted with the new entry never tried: a failure, recorded, not a reason to reboot again (#12 item 2).
+		{"switched, untried, no reboot yet", st(Switched), Event{Kind: Boot, Version: "1.0.0", TargetEntry: EntryUntried}, st(Switched), nil},
+		{"switched, untried after a reboot", st(Switched), Event{Kind: Boot, Version: "1.0.0", Rebooted: true, TargetEntry: EntryUntried},
+			st(Failed, func(s *State) {
+				s.Target, s.TargetSlot = "2.0.0", "root-b"
+				s.Error, s.Bad = "version 2.0.0 was not tried by the boot loader after a reboot; running 1.0.0", []string{"2.0.0"}
+			}), nil},
+		{"verified, untried after a reboot", st(Verified), Event{Kind: Boot, Version: "1.0.0", Rebooted: true, TargetEntry: EntryUntried},
+			st(Failed, func(s *State) {
+				s.Target, s.TargetSlot = "2.0.0", "root-b"
+				s.Error, s.Bad = "version 2.0.0 was not tried by the boot loader after a reboot; running 1.0.0", []string{"2.0.0"}
+			}), nil},
+		{"switched, tried out", st(Switched), Event{Kind: Boot, Version: "1.0.0", Rebooted: true, TargetEntry: EntryBad},
+			st(Failed, func(s *State) {
+				s.Target, s.TargetSlot = "2.0.0", "root-b"
+				s.Error, s.Bad = "version 2.0.0 did not come up; running 1.0.0", []string{"2.0.0"}
+			}), nil},
 		{"boot current idle", st(Idle), Event{Kind: Boot, Version: "1.0.0"}, st(Idle), nil},
 		{"boot unknown idle", st(Idle), Event{Kind: Boot, Version: "3.0.0"}, st(Idle), ErrTransition},
 		{"healthy", st(Trying), Event{Kind: Healthy},

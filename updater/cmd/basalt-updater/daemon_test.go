@@ -169,7 +169,7 @@ func TestDaemonOutOfTries(t *testing.T) {
 		t.Fatalf("boots %v: %v", boots, err)
 	}
 	out := d.must(t, "daemon", "--once")
-	expectMarkers(t, out, `msg="update failed to boot" version=2.0.0 running=1.0.0`, `msg="no update" running=1.0.0`)
+	expectMarkers(t, out, `msg="update failed to boot" version=2.0.0 running=1.0.0 reason="version 2.0.0 did not come up; running 1.0.0"`, `msg="no update" running=1.0.0`)
 	if strings.Contains(out, "install progress") {
 		t.Errorf("the failed version was installed again:\n%s", out)
 	}

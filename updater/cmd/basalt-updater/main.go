@@ -47,6 +47,7 @@ const (
 	exitUntrusted  = 7
 	exitRefused    = 8
 	exitLocalCache = 9
+	exitBusy       = 10
 )
 
 // exitCodes maps error classes to exit codes; the first class the error wraps wins.
@@ -71,6 +72,7 @@ var exitCodes = []struct {
 	{state.ErrDowngrade, exitRefused, ""},
 	{install.ErrBadRelease, exitRefused, ""},
 	{install.ErrRefused, exitRefused, ""},
+	{agent.ErrBusy, exitBusy, "another basalt-updater is running (the daemon, or another command): try again, or pass --wait"},
 }
 
 // exitCode returns the exit code for err's class.
@@ -86,7 +88,7 @@ func exitCode(err error) int {
 // exitHelp documents the exit codes for --help.
 func exitHelp() string {
 	s := "Exit codes:\n  0  success\n  1  other errors (flags, configuration, device I/O)\n"
-	for code := exitNoUpdate; code <= exitLocalCache; code++ {
+	for code := exitNoUpdate; code <= exitBusy; code++ {
 		for _, c := range exitCodes {
 			if c.code == code && c.doc != "" {
 				s += fmt.Sprintf("  %d  %s\n", c.code, c.doc)
@@ -101,6 +103,7 @@ type globals struct {
 	disk     string
 	stateDir string
 	logLevel string
+	wait     time.Duration
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -119,6 +122,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&g.disk, "disk", "", "work on this disk image instead of the running device (no reboot)")
 	pf.StringVar(&g.stateDir, "state", "", "state folder (overrides the configuration's stateDir)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.DurationVar(&g.wait, "wait", 0, "wait this long for another basalt-updater (the daemon) to finish its step (0: fail at once)")
 
 	var jsonOut bool
 	status := &cobra.Command{
@@ -138,6 +142,9 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 				enc := json.NewEncoder(stdout)
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
+			}
+			if st.Busy != "" {
+				fmt.Fprintf(stdout, "busy      %s: the state below is as last saved\n", st.Busy)
 			}
 			fmt.Fprintf(stdout, "running   %s (slot %s)\n", st.Running, st.Slot)
 			fmt.Fprintf(stdout, "state     %s", st.State.Phase)
@@ -320,7 +327,7 @@ func (g *globals) agent(logw io.Writer) (*agent.Agent, error) {
 	if g.stateDir != "" {
 		cfg.StateDir = g.stateDir
 	}
-	a := &agent.Agent{Config: cfg, Disk: cfg.Disk, Log: slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))}
+	a := &agent.Agent{Config: cfg, Disk: cfg.Disk, Log: slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})), LockWait: g.wait}
 	if g.disk != "" {
 		a.Disk, a.ImageMode = g.disk, true
 	}
