@@ -94,4 +94,3 @@ func TestLock(t *testing.T) {
 		t.Errorf("status after: %+v", st)
 	}
 }
-
