@@ -19,12 +19,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -81,7 +83,8 @@ type Config struct {
 	URL string
 	// TrustedRoot is the root.json baked into the image.
 	TrustedRoot []byte
-	// CacheDir keeps the trusted metadata between runs (on the state partition).
+	// CacheDir keeps the trusted metadata and the chain of accepted root versions between runs (on the
+	// state partition). Nothing in it is trusted that does not chain from TrustedRoot.
 	CacheDir string
 	// The device: its channel, OS name, architecture and hardware tags.
 	Channel    string
@@ -92,6 +95,9 @@ type Config struct {
 	Client *http.Client
 	// Now, if set, is the reference time for expiry checks (tests).
 	Now func() time.Time
+	// Log gets the warnings about cached roots that are ignored and the root rotations (nil:
+	// slog.Default()).
+	Log *slog.Logger
 }
 
 // Client is a refreshed view of the repository.
@@ -102,13 +108,24 @@ type Client struct {
 }
 
 // New refreshes the metadata (root -> timestamp -> snapshot -> targets, go-tuf's order and checks) and
-// returns a client over the trusted targets.
+// returns a client over the trusted targets. The refresh starts from the newest root that chains from
+// the baked TrustedRoot through the roots cached in CacheDir/roots (see RootsDir); the new root versions
+// it accepts are added to that chain.
 func New(cfg Config) (*Client, error) {
 	base, err := url.Parse(cfg.URL)
 	if err != nil || base.Scheme == "" {
 		return nil, fmt.Errorf("repository URL %q is not a URL", cfg.URL)
 	}
-	tc, err := config.New(base.JoinPath("metadata").String(), trustedRoot(cfg))
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	chain, err := loadRootChain(cfg.TrustedRoot, cfg.CacheDir, log)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLocal, err)
+	}
+	metaURL := base.JoinPath("metadata").String()
+	tc, err := config.New(metaURL, chain.data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: tuf config: %w", ErrLocal, err)
 	}
@@ -122,40 +139,35 @@ func New(cfg Config) (*Client, error) {
 	}
 	f := fetcher.NewDefaultFetcher()
 	f.SetHTTPClient(client)
-	tc.Fetcher = f
+	rec := &rootRecorder{Fetcher: f, prefix: strings.TrimSuffix(metaURL, "/") + "/"}
+	tc.Fetcher = rec
 	if err := tc.EnsurePathsExist(); err != nil {
 		return nil, fmt.Errorf("%w: tuf cache: %w", ErrLocal, err)
 	}
 	up, err := updater.New(tc)
 	if err != nil {
-		// No network yet: the baked or cached root is this device's own data.
+		// No network yet: the root is this device's own data.
 		return nil, fmt.Errorf("%w: load trusted root: %w", ErrLocal, err)
 	}
 	if cfg.Now != nil {
 		up.UnsafeSetRefTime(cfg.Now())
 	}
-	if err := up.Refresh(); err != nil {
+	err = up.Refresh()
+	// The root versions go-tuf accepted stay trusted even when a later step of the refresh fails (TUF
+	// 5.3.8): keep them in the chain.
+	if serr := chain.extend(rec.fetched()); serr != nil {
+		if err == nil {
+			return nil, fmt.Errorf("%w: %w", ErrLocal, serr)
+		}
+		log.Warn("cannot store the new TUF root", "err", serr)
+	}
+	if err != nil {
 		return nil, classify("refresh metadata", err)
 	}
+	if got := up.GetTrustedMetadataSet().Root.Signed.Version; got != chain.version() {
+		return nil, fmt.Errorf("%w: go-tuf trusts root version %d, the stored chain ends at %d", ErrLocal, got, chain.version())
+	}
 	return &Client{cfg: cfg, up: up, targetsURL: tu}, nil
-}
-
-// trustedRoot returns the root to start from: the cached root.json of an earlier run when it parses and
-// is not older than the baked one (after a rotation the old root's keys must no longer count), else the
-// baked root, which only bootstraps. go-tuf checks the cached root again (its own signatures) on load.
-func trustedRoot(cfg Config) []byte {
-	cached, err := os.ReadFile(filepath.Join(cfg.CacheDir, "metadata", "root.json"))
-	if err != nil {
-		return cfg.TrustedRoot
-	}
-	c, err := metadata.Root().FromBytes(cached)
-	if err != nil {
-		return cfg.TrustedRoot
-	}
-	if b, err := metadata.Root().FromBytes(cfg.TrustedRoot); err == nil && b.Signed.Version > c.Signed.Version {
-		return cfg.TrustedRoot
-	}
-	return cached
 }
 
 // classify wraps a go-tuf error with its class: ErrExpired for expired metadata, ErrRepository for the
