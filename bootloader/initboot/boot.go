@@ -14,7 +14,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/basalt-os/basalt/bootloader/bootreport"
 	"github.com/basalt-os/basalt/bootloader/dm"
+	"github.com/basalt-os/basalt/bootloader/watchdog"
 	"github.com/basalt-os/basalt/images/verity"
 )
 
@@ -67,6 +69,9 @@ type Boot struct {
 	Logf func(format string, args ...any)
 	// RootTimeout and PollInterval bound the search for the root partition (defaults 30 s, 100 ms).
 	RootTimeout, PollInterval time.Duration
+	// ArmWatchdog arms the watchdog device at path with a timeout in seconds and returns the timeout
+	// the driver took (nil: watchdog.Arm).
+	ArmWatchdog func(path string, seconds int) (int, error)
 }
 
 // Result is what Run found and set up.
@@ -76,9 +81,12 @@ type Result struct {
 	Root    *Partition
 	Verity  string // the dm-verity device node
 	Created bool   // the state filesystem was created on this boot
-	// TemporaryVar is set when the state partition had no filesystem but was not blank: it was left
-	// alone and /var is a tmpfs for this boot.
+	// TemporaryVar is set when the state partition could not be mounted (damaged, not blank): it was
+	// left alone and /var is a tmpfs for this boot.
 	TemporaryVar bool
+	// Report is what this boot had to do without or repaired; Run writes it to /run/basalt/boot.json in
+	// the new root.
+	Report *bootreport.Report
 }
 
 func (b *Boot) path(p string) string {
@@ -123,7 +131,9 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Cmdline: cl}
+	res := &Result{Cmdline: cl, Report: &bootreport.Report{Version: cl.Version}}
+	// Early: a hang from here on (a disk that never answers, an init that deadlocks) ends in a reset.
+	b.armWatchdog(cl, res.Report)
 	partUUID := cl.PartUUID()
 	b.Logf("looking for root partition %s (version %s)", partUUID, cl.Version)
 	timeout, interval := b.RootTimeout, b.PollInterval
@@ -144,31 +154,43 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 	b.Logf("root partition %s (%s on %s)", res.Root.Device, res.Root.Name, res.Disk.Device)
 
 	if res.Verity, err = b.setupVerity(res); err != nil {
-		return nil, err
+		return nil, b.rootBroken(res, err)
 	}
 	if err := os.MkdirAll(b.path(SysRoot), 0o755); err != nil {
 		return nil, fmt.Errorf("mount root: %w", err)
 	}
 	if err := b.mount(res.Verity, SysRoot, "ext4", unix.MS_RDONLY, ""); err != nil {
+		return nil, b.rootBroken(res, err)
+	}
+	// Before /var and the writable /etc overlay exist, so that init= resolves in the verified root only;
+	// reading it whole makes dm-verity check every block of it now, while this version can still step
+	// aside for the other slot.
+	if err := VerifyExecutable(b.path(SysRoot), cl.Init); err != nil {
+		return nil, b.rootBroken(res, fmt.Errorf("init %s in the root: %w", cl.Init, err))
+	}
+	rep := res.Report
+	// /run first: the fallbacks below keep what they need there, and the report goes there.
+	haveRun := b.mount("tmpfs", SysRoot+"/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755") == nil
+	if !haveRun {
+		b.Logf("WARNING: no /run in the root image: no boot report, and no temporary /etc if its overlay fails")
+	}
+	if err := b.mountState(res.Disk, rep); err != nil {
 		return nil, err
 	}
-	// Before /var and the writable /etc overlay exist, so that init= resolves in the verified root only.
-	if err := CheckExecutable(b.path(SysRoot), cl.Init); err != nil {
-		return nil, fmt.Errorf("init %s in the root: %w", cl.Init, err)
-	}
-	if res.Created, res.TemporaryVar, err = b.mountState(res.Disk); err != nil {
-		return nil, err
-	}
-	esp := ESP(res.Disk)
-	if esp == nil || esp.Device == "" {
-		return nil, fmt.Errorf("no EFI System Partition on %s", res.Disk.Device)
-	}
-	if err := b.mount(esp.Device, SysRoot+"/efi", "vfat", espMountOpt, "umask=0077"); err != nil {
-		return nil, err
-	}
+	res.Created, res.TemporaryVar = rep.State == bootreport.StateCreated, rep.State == bootreport.StateTemporary
+	b.mountEtc(rep, haveRun)
+	b.mountESP(res.Disk, rep)
 	b.Logf("root verified: version=%s partuuid=%s device=%s", cl.Version, partUUID, res.Root.Device)
 	if pcr, err := os.ReadFile(b.path(PCR11Path)); err == nil {
 		b.Logf("pcr11=%s", strings.ToLower(strings.TrimSpace(string(pcr))))
+	}
+	for _, d := range rep.Degraded() {
+		b.Logf("DEGRADED: %s", d)
+	}
+	if haveRun {
+		if err := bootreport.Write(b.path(SysRoot+bootreport.Path), rep); err != nil {
+			b.Logf("WARNING: %v", err)
+		}
 	}
 	return res, nil
 }
@@ -259,21 +281,27 @@ func (b *Boot) setupVerity(res *Result) (string, error) {
 	return dev, nil
 }
 
-// mountState mounts the state partition on /sysroot/var, and the /etc overlay whose upper layer lives
-// there. It creates the state filesystem only on a blank partition (no ext4 and the first
-// BlankCheckSize bytes zero: the factory state); a partition with no ext4 that is not blank is never
-// formatted: /var becomes a tmpfs for this boot. It reports whether it created the filesystem and
-// whether /var is temporary.
+// mountState mounts the state partition on /sysroot/var. Every version shares it, so no state of it
+// may stop a boot: a blank partition (the factory state: no ext4 and the first BlankCheckSize bytes zero)
+// gets its filesystem; an ext4 whose primary superblock will not mount is mounted from a backup
+// superblock; anything else that will not mount (a torn superblock with no usable backup, a bad
+// journal, read errors) is left alone, never formatted, and /var is a tmpfs for this boot. What happened
+// goes into rep. Only a failure to mount even the tmpfs is an error.
 //
 // TODO(state encryption): unlock the state partition with a TPM-sealed key (dm-crypt) before this.
-func (b *Boot) mountState(d *Disk) (created, temporary bool, err error) {
+func (b *Boot) mountState(d *Disk, rep *bootreport.Report) error {
+	temporary := func(why string) error {
+		rep.State, rep.StateDetail = bootreport.StateTemporary, why
+		b.Logf("WARNING: state partition: %s; /var is temporary for this boot (the partition is left as it is)", why)
+		return b.mount("tmpfs", SysRoot+"/var", "tmpfs", stateMountOpt, "mode=0755")
+	}
 	state := StatePartition(d)
 	if state == nil || state.Device == "" {
-		return false, false, fmt.Errorf("no partition named state on %s", d.Device)
+		return temporary("no partition named state on " + d.Device)
 	}
 	f, err := os.Open(b.path(d.Device))
 	if err != nil {
-		return false, false, fmt.Errorf("state partition: %w", err)
+		return temporary(err.Error())
 	}
 	has, err := HasExt4(f, state.Start)
 	blank := false
@@ -281,42 +309,141 @@ func (b *Boot) mountState(d *Disk) (created, temporary bool, err error) {
 		blank, err = IsBlank(f, state.Start, state.Size)
 	}
 	f.Close()
-	if err != nil {
-		return false, false, fmt.Errorf("state partition %s: %w", state.Device, err)
-	}
 	switch {
+	case err != nil:
+		return temporary(fmt.Sprintf("%s: %v", state.Device, err))
 	case has:
-		if err := b.mount(state.Device, SysRoot+"/var", "ext4", stateMountOpt, ""); err != nil {
-			return false, false, err
+		merr := b.mount(state.Device, SysRoot+"/var", "ext4", stateMountOpt, "")
+		if merr == nil {
+			rep.State = bootreport.StateMounted
+			return nil
 		}
+		b.Logf("WARNING: %v; trying the backup superblocks", merr)
+		for _, sb := range BackupSuperblocks(state.Size) {
+			if err := b.mount(state.Device, SysRoot+"/var", "ext4", stateMountOpt, fmt.Sprintf("sb=%d", sb)); err == nil {
+				rep.State = bootreport.StateBackupSB
+				rep.StateDetail = fmt.Sprintf("%s: the primary superblock would not mount (%v); mounted with sb=%d: run e2fsck on it", state.Device, unwrapMount(merr), sb)
+				b.Logf("WARNING: state partition %s mounted from the backup superblock (sb=%d)", state.Device, sb)
+				return nil
+			}
+		}
+		return temporary(fmt.Sprintf("%s: ext4 that will not mount (%v), nor from a backup superblock", state.Device, unwrapMount(merr)))
 	case blank:
 		b.Logf("creating the state filesystem on %s (%d MiB)", state.Device, state.Size>>20)
 		if err := b.Mkfs(state.Device, state.Size); err != nil {
-			return false, false, err
+			return temporary(fmt.Sprintf("%s: create its filesystem: %v", state.Device, err))
 		}
-		created = true
 		if err := b.mount(state.Device, SysRoot+"/var", "ext4", stateMountOpt, ""); err != nil {
-			return false, false, err
+			return temporary(fmt.Sprintf("%s: mount the new filesystem: %v", state.Device, unwrapMount(err)))
 		}
+		rep.State = bootreport.StateCreated
+		return nil
 	default:
-		b.Logf("state partition %s is unreadable and not blank: not formatting it; /var is temporary", state.Device)
-		temporary = true
-		if err := b.mount("tmpfs", SysRoot+"/var", "tmpfs", stateMountOpt, "mode=0755"); err != nil {
-			return false, false, err
-		}
+		return temporary(fmt.Sprintf("%s holds no ext4 and is not blank: not formatting it", state.Device))
 	}
-	if err := b.mountEtcOverlay(); err != nil {
-		return false, false, err
-	}
-	return created, temporary, nil
 }
 
-// mountEtcOverlay mounts the /etc overlay. Its upper and work folders live on the state partition,
-// which is not trusted: they are created without following symlinks, and the overlay is given them
+// unwrapMount returns the errno of a mount error, or err itself.
+func unwrapMount(err error) error {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return err
+}
+
+// BackupSuperblocks returns the mount option sb= values (in 1 KiB units, as ext4 takes them) of the
+// backup superblocks an ext4 of size bytes may have, for block sizes of 1, 2 and 4 KiB: the first
+// block of groups 1, 3, 5, 7 and 9 (sparse_super), as far as they lie inside the partition.
+func BackupSuperblocks(size int64) []int64 {
+	var out []int64
+	for _, bs := range []int64{1024, 4096, 2048} {
+		perGroup := 8 * bs // blocks per group: one bitmap block's bits
+		for _, g := range []int64{1, 3, 5, 7, 9} {
+			block := g * perGroup
+			if bs == 1024 {
+				block++ // with 1 KiB blocks block 0 is the boot block and groups start at block 1
+			}
+			if (block+1)*bs > size {
+				break
+			}
+			out = append(out, block*bs/1024)
+		}
+	}
+	return out
+}
+
+// armWatchdog arms the hardware watchdog when the command line asks for it (basalt.watchdog=): the
+// watchdog module was loaded with the others, and devtmpfs shows its device. The booted OS must keep it
+// fed (basalt-updater daemon does); a boot that hangs resets, and boot counting sees the try.
+func (b *Boot) armWatchdog(cl *Cmdline, rep *bootreport.Report) {
+	if cl.Watchdog == 0 {
+		return
+	}
+	dev, err := watchdog.Find(b.path("/dev"))
+	if err != nil {
+		rep.Watchdog = &bootreport.Watchdog{Status: bootreport.WatchdogMissing}
+		b.Logf("WARNING: basalt.watchdog=%d, but %v (add its driver to initrd.modules)", cl.Watchdog, err)
+		return
+	}
+	arm := b.ArmWatchdog
+	if arm == nil {
+		arm = watchdog.Arm
+	}
+	got, err := arm(dev, cl.Watchdog)
+	osPath := "/dev/" + filepath.Base(dev)
+	if err != nil {
+		rep.Watchdog = &bootreport.Watchdog{Status: "error: " + err.Error(), Device: osPath}
+		b.Logf("WARNING: %v", err)
+		return
+	}
+	rep.Watchdog = &bootreport.Watchdog{Status: bootreport.WatchdogArmed, Device: osPath, Timeout: got}
+	b.Logf("watchdog %s armed: %ds", osPath, got)
+}
+
+// mountEtc mounts /etc as an overlay whose changes live on state. If that fails (a symlink planted
+// where a folder belongs, a state that is read-only) /etc keeps its changes in memory (/run) for this
+// boot; with no /run it stays the image's, read-only. It never fails the boot.
+func (b *Boot) mountEtc(rep *bootreport.Report, haveRun bool) {
+	err := b.mountEtcOverlay(SysRoot+"/var", strings.TrimPrefix(OverlayDir, "/var/"))
+	if err == nil {
+		rep.Etc = bootreport.EtcOverlay
+		return
+	}
+	rep.Etc, rep.EtcDetail = bootreport.EtcTemporary, err.Error()
+	b.Logf("WARNING: /etc overlay on state: %v; /etc changes are kept in memory this boot", err)
+	if haveRun {
+		if err = b.mountEtcOverlay(SysRoot+"/run", "basalt/etc"); err == nil {
+			return
+		}
+	}
+	rep.EtcDetail += "; no temporary overlay either (" + err.Error() + "): /etc is read-only"
+	b.Logf("WARNING: /etc is read-only this boot: %v", err)
+}
+
+// mountESP mounts the ESP on /sysroot/efi. The ESP is shared by every version: if it will not mount
+// the boot goes on without it (the updater then cannot switch, and says so).
+func (b *Boot) mountESP(d *Disk, rep *bootreport.Report) {
+	esp := ESP(d)
+	var err error
+	if esp == nil || esp.Device == "" {
+		err = fmt.Errorf("no EFI System Partition on %s", d.Device)
+	} else {
+		err = b.mount(esp.Device, SysRoot+"/efi", "vfat", espMountOpt, "umask=0077")
+	}
+	if err != nil {
+		rep.ESP, rep.ESPDetail = bootreport.ESPUnavailable, err.Error()
+		b.Logf("WARNING: ESP not mounted on /efi: %v", err)
+		return
+	}
+	rep.ESP = bootreport.ESPMounted
+}
+
+// mountEtcOverlay mounts the /etc overlay with its upper and work folders in rel under base (the state
+// filesystem, or /run). State is not trusted: they are created without following symlinks, and the overlay is given them
 // as /proc/self/fd/N of descriptors opened that way, so nothing planted there redirects the mount.
-func (b *Boot) mountEtcOverlay() error {
-	varDir := b.path(SysRoot + "/var")
-	rel := strings.TrimPrefix(OverlayDir, "/var/")
+func (b *Boot) mountEtcOverlay(base, rel string) error {
+	varDir := b.path(base)
 	var fds []int
 	defer func() {
 		for _, fd := range fds {

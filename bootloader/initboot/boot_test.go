@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/basalt-os/basalt/bootloader/bootreport"
 	"github.com/basalt-os/basalt/bootloader/dm"
 	"github.com/basalt-os/basalt/images/disk"
 )
@@ -20,6 +21,8 @@ import (
 type fakeMounter struct {
 	root  string
 	calls []string
+	// fail, if set, decides which mounts fail (the call is still recorded).
+	fail func(source, target, fstype, data string) error
 }
 
 // fdPathRE matches the /proc/self/fd/N paths mountEtcOverlay passes; the fake resolves them while
@@ -36,6 +39,9 @@ func (m *fakeMounter) Mount(source, target, fstype string, flags uintptr, data s
 	})
 	m.calls = append(m.calls, fmt.Sprintf("%s %s %s %#x %s", source, strings.TrimPrefix(target, m.root), fstype, flags,
 		strings.ReplaceAll(data, m.root, "")))
+	if m.fail != nil {
+		return m.fail(source, strings.TrimPrefix(target, m.root), fstype, data)
+	}
 	return nil
 }
 
@@ -185,10 +191,12 @@ func TestBootRunFailures(t *testing.T) {
 			t.Errorf("cmdline %q: error %v, want %q", tc.cmdline, err, tc.want)
 		}
 	}
-	// A root without /efi is an error naming the mount point.
+	// A root without /efi still boots (the ESP is shared by every version; a boot never depends on it),
+	// and the report names the mount point.
 	writeFile(t, filepath.Join(root, "proc/cmdline"), fmt.Sprintf("roothash=%s basalt.version=1.0.0 basalt.verity.hashoffset=%d", hexHash, img.hashOffset))
 	os.Remove(filepath.Join(root, "sysroot/efi"))
-	if _, err := newBoot().Run(context.Background()); err == nil || !strings.Contains(err.Error(), "/sysroot/efi") {
-		t.Errorf("missing /sysroot/efi: %v", err)
+	res, err := newBoot().Run(context.Background())
+	if err != nil || res.Report.ESP != bootreport.ESPUnavailable || !strings.Contains(res.Report.ESPDetail, "/sysroot/efi") {
+		t.Errorf("missing /sysroot/efi: %v, report %+v", err, res.Report)
 	}
 }

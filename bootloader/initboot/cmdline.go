@@ -25,7 +25,12 @@ type Cmdline struct {
 	Version    string // basalt.version=
 	HashOffset int64  // basalt.verity.hashoffset=: where the verity superblock starts in the root partition
 	Init       string // init=, or DefaultInit
+	// Watchdog is basalt.watchdog=: arm the hardware watchdog with this timeout in seconds (0: don't).
+	Watchdog int
 }
+
+// MaxWatchdog bounds basalt.watchdog= (seconds).
+const MaxWatchdog = 3600
 
 // ParseCmdline parses a kernel command line. roothash=, basalt.version= and basalt.verity.hashoffset=
 // are required, each once; anything after "--" belongs to init and is ignored.
@@ -38,7 +43,7 @@ func ParseCmdline(s string) (*Cmdline, error) {
 		}
 		key, val, _ := strings.Cut(tok, "=")
 		switch key {
-		case "roothash", "basalt.version", "basalt.verity.hashoffset", "init":
+		case "roothash", "basalt.version", "basalt.verity.hashoffset", "init", "basalt.watchdog":
 		default:
 			continue
 		}
@@ -64,6 +69,12 @@ func ParseCmdline(s string) (*Cmdline, error) {
 				return nil, fmt.Errorf("kernel command line: basalt.verity.hashoffset=%q is not a positive multiple of %d", val, images.VerityBlockSize)
 			}
 			c.HashOffset = n
+		case "basalt.watchdog":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 || n > MaxWatchdog {
+				return nil, fmt.Errorf("kernel command line: basalt.watchdog=%q is not a number of seconds from 1 to %d", val, MaxWatchdog)
+			}
+			c.Watchdog = n
 		case "init":
 			if !path.IsAbs(val) || path.Clean(val) != val {
 				return nil, fmt.Errorf("kernel command line: init=%q is not a clean absolute path", val)

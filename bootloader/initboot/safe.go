@@ -2,9 +2,11 @@ package initboot
 
 import (
 	"bytes"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -131,4 +133,59 @@ func ParseLoaderDevicePartUUID(data []byte) (string, error) {
 		}
 	}
 	return u, nil
+}
+
+// VerifyExecutable is CheckExecutable, then reads the whole file, and the ELF interpreter it names
+// (PT_INTERP, resolved in root too), so that dm-verity checks every block of them before switch_root: a
+// damaged init is found while basalt-init can still fall back, not as a failed exec afterwards.
+func VerifyExecutable(root, path string) error {
+	if err := CheckExecutable(root, path); err != nil {
+		return err
+	}
+	interp, err := readInRoot(root, path)
+	if err != nil {
+		return err
+	}
+	if interp != "" {
+		if _, err := readInRoot(root, interp); err != nil {
+			return fmt.Errorf("its interpreter %s: %w", interp, err)
+		}
+	}
+	return nil
+}
+
+// readInRoot reads path (resolved inside root) to the end and returns its ELF interpreter, if any.
+func readInRoot(root, path string) (interp string, err error) {
+	dir, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(dir)
+	fd, err := unix.Openat2(dir, strings.TrimPrefix(path, "/"), &unix.OpenHow{
+		Flags: unix.O_RDONLY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_XDEV | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return "", err
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	if _, err := io.Copy(io.Discard, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	e, err := elf.NewFile(f)
+	if err != nil {
+		return "", nil // a script or another format: read whole, nothing more to follow
+	}
+	defer e.Close()
+	for _, p := range e.Progs {
+		if p.Type != elf.PT_INTERP || p.Filesz == 0 || p.Filesz > 4096 {
+			continue
+		}
+		b := make([]byte, p.Filesz)
+		if _, err := p.ReadAt(b, 0); err != nil {
+			return "", fmt.Errorf("read %s's interpreter: %w", path, err)
+		}
+		return strings.TrimRight(string(b), "\x00"), nil
+	}
+	return "", nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/basalt-os/basalt/bootloader/bootreport"
 	"github.com/basalt-os/basalt/images/disk"
 )
 
@@ -23,6 +24,9 @@ type bootFixture struct {
 	logs  []string
 	mkfs  int
 	m     *fakeMounter
+	// fail makes chosen mounts fail; arm replaces the watchdog's arming.
+	fail func(source, target, fstype, data string) error
+	arm  func(path string, seconds int) (int, error)
 }
 
 func newBootFixture(t *testing.T) *bootFixture {
@@ -45,8 +49,8 @@ func newBootFixture(t *testing.T) *bootFixture {
 }
 
 func (f *bootFixture) run() (*Result, error) {
-	f.m = &fakeMounter{root: f.root}
-	b := &Boot{Root: f.root, Mounter: f.m, Mapper: &fakeMapper{},
+	f.m = &fakeMounter{root: f.root, fail: f.fail}
+	b := &Boot{Root: f.root, Mounter: f.m, Mapper: &fakeMapper{}, ArmWatchdog: f.arm,
 		Mkfs: func(string, int64) error {
 			f.mkfs++
 			return MakeStateFS(f.img.devPath, f.state.Start, f.state.Size())
@@ -75,7 +79,7 @@ func TestStateNotBlankIsNotFormatted(t *testing.T) {
 	if f.mkfs != 0 || res.Created || !res.TemporaryVar {
 		t.Errorf("mkfs calls %d, result %+v", f.mkfs, res)
 	}
-	want := "state partition /dev/vda4 is unreadable and not blank: not formatting it; /var is temporary"
+	want := "state partition: /dev/vda4 holds no ext4 and is not blank: not formatting it; /var is temporary for this boot"
 	if !strings.Contains(strings.Join(f.logs, "\n"), want) {
 		t.Errorf("logs lack %q:\n%s", want, strings.Join(f.logs, "\n"))
 	}
@@ -100,7 +104,9 @@ func TestStateNotBlankIsNotFormatted(t *testing.T) {
 	}
 }
 
-// Symlinks planted on the state partition are not followed when the overlay folders are made.
+// Symlinks planted on the state partition are not followed when the overlay folders are made: /etc
+// keeps its changes in memory for this boot instead (a shared mount never stops the boot), and the boot
+// report says why.
 func TestOverlayDirsRefuseSymlinks(t *testing.T) {
 	for _, link := range []string{"lib", "lib/basalt/overlay/etc/upper", "lib/basalt/overlay"} {
 		t.Run(strings.ReplaceAll(link, "/", "_"), func(t *testing.T) {
@@ -113,17 +119,29 @@ func TestOverlayDirsRefuseSymlinks(t *testing.T) {
 			if err := os.Symlink(outside, p); err != nil {
 				t.Fatal(err)
 			}
-			_, err := f.run()
-			if err == nil || !strings.Contains(err.Error(), "/etc overlay") || !strings.Contains(err.Error(), "symlink") {
-				t.Errorf("Run: %v, want a refusal of the symlink", err)
+			os.MkdirAll(filepath.Join(f.root, "sysroot/run"), 0o755)
+			res, err := f.run()
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if r := res.Report; r.Etc != bootreport.EtcTemporary || !strings.Contains(r.EtcDetail, "/etc overlay") || !strings.Contains(r.EtcDetail, "symlink") {
+				t.Errorf("report %+v, want a temporary /etc naming the refused symlink", r)
 			}
 			if ents, _ := os.ReadDir(outside); len(ents) != 0 {
 				t.Errorf("created %v through the symlink", ents)
 			}
+			var overlays []string
 			for _, c := range f.m.calls {
 				if strings.HasPrefix(c, "overlay ") {
-					t.Errorf("overlay mounted: %s", c)
+					overlays = append(overlays, c)
 				}
+			}
+			ovl := "/sysroot/run/basalt/etc"
+			if want := fmt.Sprintf("overlay /sysroot/etc overlay 0x0 lowerdir=/sysroot/etc,upperdir=fd:%s/upper,workdir=fd:%s/work", ovl, ovl); len(overlays) != 1 || overlays[0] != want {
+				t.Errorf("overlay mounts %q, want only %q", overlays, want)
+			}
+			if !strings.Contains(strings.Join(f.logs, "\n"), "DEGRADED: etc temporary") {
+				t.Errorf("no DEGRADED line on the console:\n%s", strings.Join(f.logs, "\n"))
 			}
 		})
 	}
@@ -139,8 +157,15 @@ func TestInitCheckedBeforeState(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "init /sbin/init in the root") {
 		t.Fatalf("Run: %v", err)
 	}
-	if len(f.m.calls) != 1 || !strings.HasPrefix(f.m.calls[0], "/dev/mapper/root /sysroot ext4") {
+	// The root, then the ESP to look for a version to fall back to (none here: the only entry is
+	// gone); nothing writable.
+	if len(f.m.calls) < 1 || !strings.HasPrefix(f.m.calls[0], "/dev/mapper/root /sysroot ext4") {
 		t.Errorf("mounts before the init check failed: %q", f.m.calls)
+	}
+	for _, c := range f.m.calls {
+		if strings.Contains(c, "/sysroot/var") || strings.Contains(c, "/sysroot/etc") {
+			t.Errorf("mounted before the init check: %s", c)
+		}
 	}
 }
 

@@ -119,3 +119,6 @@ func cleanInitramfs(newRoot string) error {
 	walk("/")
 	return errors.Join(errs...)
 }
+
+// Unmount calls umount(2).
+func (SysMounter) Unmount(target string) error { return unix.Unmount(target, 0) }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/basalt-os/basalt/bootloader/bootreport"
 	"github.com/basalt-os/basalt/bootloader/sdboot"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/internal/lockfile"
@@ -65,6 +67,8 @@ type Agent struct {
 	LockWait time.Duration
 	// BootID, if set, replaces the kernel's boot ID (tests; device mode).
 	BootID string
+	// BootReport is basalt-init's report of this boot (device mode; "": bootreport.Path).
+	BootReport string
 }
 
 func (a *Agent) log() *slog.Logger {
@@ -223,9 +227,13 @@ func (a *Agent) open(ctx context.Context, readOnly bool) (*session, error) {
 	target, hasTarget := sdboot.Find(entries, a.Config.Name, s.st.Target)
 	boot := a.bootID()
 	ev := state.Event{Kind: state.Boot, Version: s.version,
-		Rebooted:    boot != "" && s.st.Boot != "" && boot != s.st.Boot,
-		TargetEntry: state.EntryStatusOf(target, hasTarget)}
+		Rebooted:     boot != "" && s.st.Boot != "" && boot != s.st.Boot,
+		TargetEntry:  state.EntryStatusOf(target, hasTarget),
+		CurrentEntry: state.EntryStatusOf(sdboot.Find(entries, a.Config.Name, s.st.Current))}
 	if n, err := state.Next(s.st, ev); err == nil {
+		if n.Phase == state.RolledBack && s.st.Phase != state.RolledBack {
+			a.log().Warn("version demoted", "version", s.st.Current, "running", s.version, "reason", n.Error)
+		}
 		if n.Phase == state.Failed && s.st.Phase != state.Failed {
 			a.log().Warn("update failed to boot", "version", s.st.Target, "running", s.version, "reason", n.Error)
 			// An entry the boot loader passed over must never be tried later either.
@@ -301,6 +309,8 @@ type Status struct {
 	Rebuilt  bool        `json:"stateRebuilt,omitempty"`
 	// Busy says another basalt-updater holds the lock (the state shown is as last saved).
 	Busy string `json:"busy,omitempty"`
+	// Boot is what basalt-init reported of this boot (device mode; nil when there is no report).
+	Boot *bootreport.Report `json:"boot,omitempty"`
 }
 
 // Status describes the device. It works while another basalt-updater runs (then it only reads).
@@ -315,6 +325,17 @@ func (a *Agent) Status(ctx context.Context) (*Status, error) {
 		return nil, err
 	}
 	st := &Status{Running: s.version, Slot: s.booted.Slot, RootHash: s.booted.RootHash, Inactive: install.OtherSlot(s.booted.Slot), State: s.st, Rebuilt: s.rebuilt, Busy: s.busy}
+	if !a.ImageMode {
+		path := a.BootReport
+		if path == "" {
+			path = bootreport.Path
+		}
+		if r, err := bootreport.Read(path); err == nil {
+			st.Boot = r
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			a.log().Warn("boot report unreadable", "path", path, "err", err)
+		}
+	}
 	for _, e := range entries {
 		st.Entries = append(st.Entries, e.FileName())
 	}
@@ -333,7 +354,7 @@ func (a *Agent) client() (*tufclient.Client, error) {
 	c, err := tufclient.New(tufclient.Config{
 		URL: a.Config.Repository.URL, TrustedRoot: root, CacheDir: filepath.Join(a.Config.StateDir, "tuf"),
 		Channel: a.Config.Channel, Name: a.Config.Name, Arch: a.Config.Arch, Compatible: a.Config.Compatible,
-		Client: a.HTTP, Now: now,
+		Client: a.HTTP, Now: now, Log: a.log(),
 	})
 	return c, a.full(err)
 }

@@ -166,6 +166,9 @@ func (d *Daemon) observe(ctx context.Context) *agent.Status {
 	}
 	d.Metrics.SetRunning(st.Running, st.Slot)
 	d.Metrics.SetState(string(st.State.Phase))
+	if st.Boot != nil {
+		d.Metrics.SetDegraded(st.Boot.DegradedParts())
+	}
 	return st
 }
 

@@ -1,8 +1,6 @@
 package install
 
 import (
-	"bytes"
-	"debug/pe"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -156,26 +154,6 @@ func CmdlineValue(cmdline, key string) string {
 		}
 	}
 	return v
-}
-
-// UKICmdline returns the .cmdline section of a unified kernel image.
-func UKICmdline(uki []byte) (string, error) {
-	f, err := pe.NewFile(bytes.NewReader(uki))
-	if err != nil {
-		return "", fmt.Errorf("read UKI: %w", err)
-	}
-	s := f.Section(".cmdline")
-	if s == nil {
-		return "", fmt.Errorf("UKI has no .cmdline section")
-	}
-	b, err := s.Data()
-	if err != nil {
-		return "", fmt.Errorf("read UKI .cmdline: %w", err)
-	}
-	if int64(len(b)) > int64(s.VirtualSize) && s.VirtualSize > 0 {
-		b = b[:s.VirtualSize]
-	}
-	return strings.TrimRight(string(b), "\x00 \n"), nil
 }
 
 // openDisk reads the partition table of the disk image or block device at path and opens it for

@@ -23,7 +23,10 @@ import (
 	"path"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/bootloader/ukifile"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/images/payload"
 	"github.com/basalt-os/basalt/images/verity"
@@ -252,7 +255,15 @@ func (in *Installer) VerifySlot() error {
 	if m.Root.Size > slot.Size() {
 		return fmt.Errorf("%w: image does not fit slot %s", ErrRefused, in.Slot)
 	}
-	r := io.NewSectionReader(in.Disk.File(), slot.Start, m.Root.Size)
+	// Read the medium, not the page cache the write just filled: sync, then drop the slot's cached pages.
+	f := in.Disk.File()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("verify slot %s: sync: %w", in.Slot, err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), slot.Start, m.Root.Size, unix.FADV_DONTNEED); err != nil {
+		return fmt.Errorf("verify slot %s: drop cached pages: %w", in.Slot, err)
+	}
+	r := io.NewSectionReader(f, slot.Start, m.Root.Size)
 	v := m.Root.Verity
 	sb, err := verity.ReadSuperblock(r, v.HashOffset)
 	if err != nil {
@@ -343,6 +354,9 @@ func (in *Installer) Switch(ctx context.Context) error {
 			return fmt.Errorf("read existing entry %s: %w", e.FileName(), err)
 		}
 		if sum := sha256.Sum256(have); hex.EncodeToString(sum[:]) == m.UKI.SHA256 {
+			if err := checkUKI(have, m); err != nil {
+				return err
+			}
 			if !e.Bad() {
 				return nil
 			}
@@ -355,6 +369,9 @@ func (in *Installer) Switch(ctx context.Context) error {
 	}
 	uki, err := in.fetchFile(ctx, m.UKI)
 	if err != nil {
+		return err
+	}
+	if err := checkUKI(uki, m); err != nil {
 		return err
 	}
 	tmp := TempEntryName(m)
@@ -374,6 +391,20 @@ func (in *Installer) Switch(ctx context.Context) error {
 		return fmt.Errorf("switch to %s: %w", fresh.FileName(), err)
 	}
 	in.point("switch-after-rename")
+	return nil
+}
+
+// checkUKI checks, before the switch, that the UKI boots the release the manifest describes: the root
+// hash on its signed command line is the one the slot was just verified against, and its version is the
+// manifest's (bootloader/ukifile.CheckManifest).
+func checkUKI(uki []byte, m *images.Manifest) error {
+	info, err := ukifile.Read(bytes.NewReader(uki))
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrTampered, m.UKI.Path, err)
+	}
+	if err := info.CheckManifest(m); err != nil {
+		return fmt.Errorf("%w: %w", ErrTampered, err)
+	}
 	return nil
 }
 

@@ -135,6 +135,9 @@ func ESPMount(disk, configured string) (string, error) {
 		return "", fmt.Errorf("disk %s has no partition %q", disk, images.PartESP)
 	}
 	dev, isBlock, err := PartitionDev("/sys", disk, number)
+	if errors.Is(err, errNoPartitionDev) {
+		return configured, nil // a block device without partition devices (a loop device without partscan) mounts nothing
+	}
 	if err != nil {
 		return "", err
 	}
@@ -186,6 +189,9 @@ var ErrMounted = errors.New("partition in use")
 // /sys/class/block/<part>/holders). A disk image file always passes.
 func CheckUnused(disk string, number int) error {
 	dev, isBlock, err := PartitionDev("/sys", disk, number)
+	if errors.Is(err, errNoPartitionDev) {
+		return nil // no partition device: nothing can have it mounted
+	}
 	if err != nil || !isBlock {
 		return err
 	}

@@ -1,6 +1,8 @@
 package install
 
 import (
+	"bytes"
+
 	"errors"
 	"fmt"
 	iofs "io/fs"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/bootloader/ukifile"
 	"github.com/basalt-os/basalt/internal/atomicfile"
 )
 
@@ -121,11 +124,11 @@ func (d *Disk) bootedBy(e sdboot.Entry) (*Booted, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", e.Path(), err)
 	}
-	cmdline, err := UKICmdline(uki)
+	info, err := ukifile.Read(bytes.NewReader(uki))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", e.Path(), err)
 	}
-	b, err := d.ActiveFromCmdline(cmdline)
+	b, err := d.ActiveFromCmdline(info.Cmdline)
 	if err != nil {
 		return nil, err
 	}

@@ -32,7 +32,11 @@ type Metrics struct {
 	lastCheck    prometheus.Gauge
 	installBytes prometheus.Counter
 	failures     *prometheus.CounterVec
+	degraded     *prometheus.GaugeVec
 }
+
+// BootParts are the shared mounts and services basalt-init reports on (bootloader/bootreport).
+var BootParts = []string{"state", "esp", "etc", "watchdog"}
 
 // New returns metrics registered in a new registry, with the Go runtime and process collectors.
 func New() *Metrics {
@@ -53,13 +57,35 @@ func New() *Metrics {
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "basalt_updater_failures_total", Help: "Failed update runs by class: attack, fault or user.",
 		}, []string{"class"}),
+		degraded: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "basalt_updater_boot_degraded", Help: "1 when this boot runs without what every version shares (state partition, ESP, /etc overlay, watchdog), as basalt-init reported it.",
+		}, []string{"part"}),
 	}
-	m.reg.MustRegister(m.info, m.state, m.lastCheck, m.installBytes, m.failures,
+	m.reg.MustRegister(m.info, m.state, m.lastCheck, m.installBytes, m.failures, m.degraded,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	for _, c := range Classes {
 		m.failures.WithLabelValues(c)
 	}
+	for _, p := range BootParts {
+		m.degraded.WithLabelValues(p)
+	}
 	return m
+}
+
+// SetDegraded records which parts of this boot are degraded (the others are set to 0).
+func (m *Metrics) SetDegraded(parts []string) {
+	if m == nil {
+		return
+	}
+	for _, p := range BootParts {
+		v := 0.0
+		for _, d := range parts {
+			if d == p {
+				v = 1
+			}
+		}
+		m.degraded.WithLabelValues(p).Set(v)
+	}
 }
 
 // Handler serves the metrics in the Prometheus exposition format.

@@ -114,6 +114,10 @@ type Event struct {
 	// of a device running something else than the switched target then counts as a failed update).
 	Rebooted    bool
 	TargetEntry EntryStatus
+	// Boot only: CurrentEntry is what the ESP shows of Current's entry. A known-good Current whose
+	// entry has no tries left while the previous version runs was demoted by basalt-init: its root
+	// failed its checks at boot (a damaged slot).
+	CurrentEntry EntryStatus
 }
 
 // EntryStatus is what the ESP shows of a version's boot entry: the ESP, not the state file, is the
@@ -236,6 +240,12 @@ func Next(s State, ev Event) (State, error) {
 			// Switched, cut before the state save, tried and fallen back.
 			n.Phase, n.Error = Failed, fmt.Sprintf("version %s did not come up; running %s", s.Target, ev.Version)
 			n.Bad = appendOnce(n.Bad, s.Target)
+		case (s.Phase == Idle || s.Phase == Good || s.Phase == Failed) && s.Previous != "" && ev.Version == s.Previous &&
+			ev.Version != s.Current && ev.CurrentEntry == EntryBad:
+			n.Phase, n.Target, n.TargetSlot, n.Checkpoint = RolledBack, s.Current, "", 0
+			n.Current, n.Previous = s.Previous, ""
+			n.Error = fmt.Sprintf("version %s was demoted at boot (its root failed its checks: a damaged slot); running %s", s.Current, ev.Version)
+			n.Bad = appendOnce(n.Bad, s.Current)
 		case (s.Phase == Switched || s.Phase == Trying) && ev.Version != s.Target:
 			// Boot counting ran out (or the entry is gone): the old version came back.
 			n.Phase, n.Error = Failed, fmt.Sprintf("version %s did not come up; running %s", s.Target, ev.Version)

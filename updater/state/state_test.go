@@ -95,6 +95,14 @@ func TestNext(t *testing.T) {
 				s.Target, s.TargetSlot = "2.0.0", "root-b"
 				s.Error, s.Bad = "version 2.0.0 did not come up; running 1.0.0", []string{"2.0.0"}
 			}), nil},
+		// basalt-init demoted a blessed version whose root broke; the previous one runs (#12 item 7).
+		{"demoted at boot", st(Good, func(s *State) { s.Current, s.Previous = "2.0.0", "1.0.0" }), Event{Kind: Boot, Version: "1.0.0", CurrentEntry: EntryBad},
+			st(RolledBack, func(s *State) {
+				s.Target, s.Current, s.Bad = "2.0.0", "1.0.0", []string{"2.0.0"}
+				s.Error = "version 2.0.0 was demoted at boot (its root failed its checks: a damaged slot); running 1.0.0"
+			}), nil},
+		{"previous runs, current still blessed", st(Good, func(s *State) { s.Current, s.Previous = "2.0.0", "1.0.0" }), Event{Kind: Boot, Version: "1.0.0", CurrentEntry: EntryBlessed},
+			st(Good, func(s *State) { s.Current, s.Previous = "2.0.0", "1.0.0" }), ErrTransition},
 		{"boot current idle", st(Idle), Event{Kind: Boot, Version: "1.0.0"}, st(Idle), nil},
 		{"boot unknown idle", st(Idle), Event{Kind: Boot, Version: "3.0.0"}, st(Idle), ErrTransition},
 		{"healthy", st(Trying), Event{Kind: Healthy},
