@@ -147,7 +147,15 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 	if loaderESP != "" {
 		b.Logf("boot loader started from ESP %s", loaderESP)
 	}
-	res.Disk, res.Root, err = WaitRoot(ctx, b.Root, partUUID, loaderESP, timeout, interval)
+	prepared := map[string]bool{}
+	prepare := func() {
+		for _, name := range diskNames(b.Root) {
+			if !prepared[name] {
+				prepared[name] = b.prepareDisk(name, partUUID, res.Report)
+			}
+		}
+	}
+	res.Disk, res.Root, err = waitRoot(ctx, b.Root, partUUID, loaderESP, timeout, interval, prepare)
 	if err != nil {
 		return nil, fmt.Errorf("find root partition: %w", err)
 	}

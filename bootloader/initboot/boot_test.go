@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/basalt-os/basalt/bootloader/bootreport"
 	"github.com/basalt-os/basalt/bootloader/dm"
 	"github.com/basalt-os/basalt/images/disk"
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 type fakeMounter struct {
@@ -103,7 +105,7 @@ func TestBootRun(t *testing.T) {
 			Release: func() (string, error) { return "6.1.0-test", nil },
 			Mkfs: func(dev string, size int64) error {
 				mkfs = append(mkfs, fmt.Sprintf("%s %d", dev, size))
-				return MakeStateFS(filepath.Join(root, "dev/vda"), state.Start, size)
+				return MakeStateFS(filepath.Join(root, "dev/vda"), state.Start, size) // state does not move
 			},
 			Logf:        func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) },
 			RootTimeout: time.Second, PollInterval: 10 * time.Millisecond,
@@ -139,8 +141,20 @@ func TestBootRun(t *testing.T) {
 	if strings.Join(m.calls, "\n") != strings.Join(wantMounts, "\n") {
 		t.Errorf("mounts:\n%s\nwant:\n%s", strings.Join(m.calls, "\n"), strings.Join(wantMounts, "\n"))
 	}
-	if len(mkfs) != 1 || mkfs[0] != fmt.Sprintf("/dev/vda4 %d", state.Size()) {
-		t.Errorf("mkfs calls %q", mkfs)
+	// First boot: state was grown to the end of the disk (the image left 2 MiB unused) and the disk got
+	// a fresh GUID before the filesystem was made on it; sgdisk agrees.
+	layout, after, err := disk.Read(filepath.Join(root, "dev/vda"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after[3].Size() <= state.Size() || layout.DiskGUID == "11111111-2222-3333-4444-555555555555" {
+		t.Errorf("first boot: state %d -> %d bytes, disk GUID %s", state.Size(), after[3].Size(), layout.DiskGUID)
+	}
+	if len(mkfs) != 1 || mkfs[0] != fmt.Sprintf("/dev/vda4 %d", after[3].Size()) {
+		t.Errorf("mkfs calls %q, want one for the grown state (%d bytes)", mkfs, after[3].Size())
+	}
+	if out, err := exec.Command(testtool.Require(t, "sgdisk", "gdisk"), "-v", filepath.Join(root, "dev/vda")).CombinedOutput(); err != nil || !strings.Contains(string(out), "No problems found") {
+		t.Errorf("sgdisk -v after the first boot: %v\n%s", err, out)
 	}
 	for _, d := range []string{"upper", "work"} {
 		if fi, err := os.Stat(filepath.Join(root, ovl, d)); err != nil || !fi.IsDir() {
@@ -158,10 +172,13 @@ func TestBootRun(t *testing.T) {
 		}
 	}
 
-	// Second boot: the state filesystem is reused.
+	// Second boot: the state filesystem is reused, the disk keeps its GUIDs.
 	res, _, _, _, _, mkfs = run()
 	if res.Created || len(mkfs) != 0 {
 		t.Errorf("second boot recreated the state filesystem: %q", mkfs)
+	}
+	if again, _, _ := disk.Read(filepath.Join(root, "dev/vda")); again.DiskGUID != layout.DiskGUID {
+		t.Errorf("second boot changed the disk GUID %s -> %s", layout.DiskGUID, again.DiskGUID)
 	}
 }
 

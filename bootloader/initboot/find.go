@@ -43,6 +43,21 @@ func (d *Disk) Find(match func(p *Partition) bool) *Partition {
 	return nil
 }
 
+// diskNames lists the candidate disks under root/sys/block (skipPrefixes left out).
+func diskNames(root string) []string {
+	ents, err := os.ReadDir(filepath.Join(root, "sys/block"))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		if !hasAnyPrefix(e.Name(), skipPrefixes) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
 // skipPrefixes are /sys/block entries that never hold the root: loop, RAM and zram disks, device-mapper
 // devices and optical drives.
 var skipPrefixes = []string{"loop", "ram", "zram", "dm-", "sr", "md"}
@@ -195,11 +210,19 @@ func pickRoot(found []Candidate, loaderESP string) (c Candidate, ok bool, err er
 // (another disk carrying a copy of the image is ignored), and if no candidate is on that disk when
 // the time is up, a single candidate is used; without it, two candidates are an error.
 func WaitRoot(ctx context.Context, root, partUUID, loaderESP string, timeout, interval time.Duration) (*Disk, *Partition, error) {
+	return waitRoot(ctx, root, partUUID, loaderESP, timeout, interval, nil)
+}
+
+// waitRoot is WaitRoot with prepare, if set, called before every look (it repairs partition tables).
+func waitRoot(ctx context.Context, root, partUUID, loaderESP string, timeout, interval time.Duration, prepare func()) (*Disk, *Partition, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		if prepare != nil {
+			prepare()
+		}
 		found, notes := FindRoots(root, partUUID)
 		c, ok, err := pickRoot(found, loaderESP)
 		if err != nil {

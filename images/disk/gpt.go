@@ -534,11 +534,32 @@ func PartitionGUID(r io.ReaderAt, size int64, number int) (string, error) {
 // again after any cut completes the change; when both copies already hold the GUID nothing is
 // written, and when only the backup lags behind only the backup is written.
 func SetPartitionGUID(r io.ReaderAt, w io.WriterAt, size int64, number int, guid string) error {
+	return setGUIDs(r, w, size, number, guid, "", fmt.Sprintf("set GUID of partition %d", number))
+}
+
+// Personalize gives the disk the GUID diskGUID and partition number the GUID partGUID, in both copies,
+// in SetPartitionGUID's order and with its guarantees. basalt-init calls it on a first boot (a blank
+// state partition) when the disk is exactly the image's size, so that two devices flashed from one
+// image are told apart; GrowGPT does it when the disk is larger.
+func Personalize(r io.ReaderAt, w io.WriterAt, size int64, number int, diskGUID, partGUID string) error {
+	if diskGUID == "" {
+		return errors.New("personalize GPT: no disk GUID")
+	}
+	return setGUIDs(r, w, size, number, partGUID, diskGUID, "personalize GPT")
+}
+
+// setGUIDs sets partition number's GUID and, unless diskGUID is "", the disk GUID.
+func setGUIDs(r io.ReaderAt, w io.WriterAt, size int64, number int, guid, diskGUID, what string) error {
 	g, err := encodeGUID(guid)
 	if err != nil {
 		return err
 	}
-	what := fmt.Sprintf("set GUID of partition %d", number)
+	var dg [16]byte
+	if diskGUID != "" {
+		if dg, err = encodeGUID(diskGUID); err != nil {
+			return err
+		}
+	}
 	s, err := ReadGPT(r, size)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
@@ -560,11 +581,14 @@ func SetPartitionGUID(r io.ReaderAt, w io.WriterAt, size int64, number int, guid
 		return fmt.Errorf("%s: the entry is unused", what)
 	}
 	backupOK := s.backup != nil && s.Mismatch == ""
-	primaryOK := bytes.Equal(e[16:32], g[:])
+	primaryOK := bytes.Equal(e[16:32], g[:]) && (diskGUID == "" || bytes.Equal(p.header[56:72], dg[:]))
 	if primaryOK && backupOK {
 		return nil
 	}
 	copy(e[16:32], g[:])
+	if diskGUID != "" {
+		copy(p.header[56:72], dg[:])
+	}
 	p.seal()
 	bLBA, bEntries := p.alt(), p.alt()-p.entrySectors()
 	if s.backup != nil {

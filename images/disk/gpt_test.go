@@ -1050,3 +1050,39 @@ func TestGrowGPTRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestPersonalize: a first boot on a disk exactly the image's size gives the disk and the state
+// partition fresh GUIDs in both copies (sgdisk and sfdisk read them), idempotently, and a cut at any
+// write leaves a copy the kernel or RepairGPT can use.
+func TestPersonalize(t *testing.T) {
+	const diskGUID, stateGUID = "0D15C0DE-1111-4222-8333-444455556666", "57A7E000-1111-4222-8333-444455556666"
+	img := factoryImage(t, factorySize)
+	f := openRW(t, img)
+	n := len(smallLayout().Partitions)
+	if err := Personalize(f, f, factorySize, n, diskGUID, stateGUID); err != nil {
+		t.Fatal(err)
+	}
+	want := tableOf(smallLayout())
+	want.diskGUID = diskGUID
+	want.guids[n-1] = stateGUID
+	sgdiskClean(t, img, "personalized")
+	if d := sfdiskDiff(t, img, want); d != "" {
+		t.Error(d)
+	}
+	sgdiskShows(t, img, n, want, "personalized")
+	w := &countWriter{w: f}
+	if err := Personalize(f, w, factorySize, n, diskGUID, stateGUID); err != nil || w.n != 0 {
+		t.Errorf("again: %d writes, %v", w.n, err)
+	}
+	op := func(r io.ReaderAt, w io.WriterAt) error { return Personalize(r, w, factorySize, n, diskGUID, stateGUID) }
+	crashTest(t, crashSpec{
+		base: factoryImage(t, factorySize), size: factorySize, op: op, redo: op,
+		mayLosePrimary: onlyInsidePrimaryWrite, endBackup: true,
+		final: func(t *testing.T, path, when string) {
+			sgdiskClean(t, path, when)
+			if d := sfdiskDiff(t, path, want); d != "" {
+				t.Errorf("%s: %s", when, d)
+			}
+		},
+	})
+}
