@@ -1074,7 +1074,9 @@ func TestPersonalize(t *testing.T) {
 	if err := Personalize(f, w, factorySize, n, diskGUID, stateGUID); err != nil || w.n != 0 {
 		t.Errorf("again: %d writes, %v", w.n, err)
 	}
-	op := func(r io.ReaderAt, w io.WriterAt) error { return Personalize(r, w, factorySize, n, diskGUID, stateGUID) }
+	op := func(r io.ReaderAt, w io.WriterAt) error {
+		return Personalize(r, w, factorySize, n, diskGUID, stateGUID)
+	}
 	crashTest(t, crashSpec{
 		base: factoryImage(t, factorySize), size: factorySize, op: op, redo: op,
 		mayLosePrimary: onlyInsidePrimaryWrite, endBackup: true,
