@@ -73,6 +73,34 @@ func List(d Dir) ([]Entry, error) {
 	return out, nil
 }
 
+// ListWithOSRel is List with each entry's OSRel read from its UKI: osrel returns the contents of the .osrel
+// section of the UKI at an entry's path on the ESP (empty when the UKI has none). An entry whose .osrel
+// systemd-boot would ignore (ErrNoOSRel) is left out, as systemd-boot leaves it out of its menu; an error
+// from osrel ends the listing.
+func ListWithOSRel(d Dir, osrel func(path string) ([]byte, error)) ([]Entry, error) {
+	entries, err := List(d)
+	if err != nil {
+		return nil, err
+	}
+	out := entries[:0]
+	for _, e := range entries {
+		data, err := osrel(e.Path())
+		if err != nil {
+			return nil, fmt.Errorf("read .osrel of %s: %w", e.Path(), err)
+		}
+		o, err := ParseOSRel(data)
+		if errors.Is(err, ErrNoOSRel) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", e.Path(), err)
+		}
+		out = append(out, e.WithOSRel(o))
+	}
+	Sort(out)
+	return out, nil
+}
+
 // Find returns the entry for name and version among entries, whatever its counter.
 func Find(entries []Entry, name, version string) (Entry, bool) {
 	for _, e := range entries {

@@ -8,8 +8,14 @@
 // dropping the counter, or marks a bad one by setting LEFT to 0. Entries with no tries left sort after all
 // others, so a version that never comes up falls back to the previous one with no software involved.
 //
-// Everything here is a pure function of file names; the few helpers that touch an ESP go through the
-// two-method Dir interface.
+// systemd-boot 252 orders entries by more than the file name: by the sort key and version it reads from
+// each UKI's .osrel section (IMAGE_ID, IMAGE_VERSION, ...), then by the file name (Compare). An Entry
+// carries both: what its file name says, and the OSRel fields when they are known (ParseOSRel,
+// WithOSRel). An entry whose .osrel was not read is ordered as if its UKI held what Basalt's builder
+// writes (BuilderOSRel); Entry.BootOSRel says which of the two an order was based on.
+//
+// Everything here is a pure function of file names and .osrel contents; the few helpers that touch an
+// ESP go through the two-method Dir interface, and reading a UKI's sections is left to the caller.
 package sdboot
 
 import (
@@ -30,7 +36,7 @@ const DefaultTries = 3
 // ErrNotEntry is wrapped by ParseEntry's errors for file names that are not Basalt boot entries.
 var ErrNotEntry = errors.New("not a boot entry file name")
 
-// Entry is one boot entry, as its file name describes it.
+// Entry is one boot entry: what its file name says, and what systemd-boot reads from its UKI's .osrel.
 type Entry struct {
 	// Name is the OS name and Version its version: the file is "<Name>_<Version>...efi".
 	Name    string
@@ -40,6 +46,10 @@ type Entry struct {
 	Counting bool
 	Left     int
 	Done     int
+	// OSRel is what systemd-boot reads from the UKI's .osrel section to order the entry. A file name does
+	// not say it: ParseEntry and List leave it unknown (the zero OSRel), and Compare then assumes what
+	// Basalt's builder writes (see BootOSRel). WithOSRel sets it; renames keep it.
+	OSRel OSRel
 }
 
 // NewEntry returns a fresh entry with tries boot attempts left (no counter when tries < 0).
@@ -70,7 +80,9 @@ func ParseEntry(file string) (Entry, error) {
 	if !ok || name == "" || version == "" {
 		return Entry{}, fmt.Errorf("%q: %w (want <name>_<version>.efi)", file, ErrNotEntry)
 	}
-	if err := images.ValidateVersion(version); err != nil {
+	// Syntax only: an entry written by an older Basalt may carry a version that today's stricter
+	// ValidateVersion refuses, and it must stay visible to the updater.
+	if err := images.ValidateSemver(version); err != nil {
 		return Entry{}, fmt.Errorf("%q: %w (%v)", file, ErrNotEntry, err)
 	}
 	e.Name, e.Version = name, version
@@ -106,7 +118,8 @@ func parseCount(s string) (int, bool) {
 }
 
 // ID is the entry's identity without its counter: "<name>_<version>.efi" (what the Boot Loader
-// Specification calls the entry id; renames by boot counting keep it).
+// Specification and bootctl call the entry id; renames by boot counting keep it). systemd-boot 252 itself
+// orders by the whole file name, counter included, lower-cased (see Compare).
 func (e Entry) ID() string { return images.EntryName(e.Name, e.Version) }
 
 // FileName formats the entry's file name: "+LEFT" while no attempt was counted, "+LEFT-DONE" after.
@@ -142,7 +155,8 @@ func (e Entry) Attempt() Entry {
 
 // Bless returns the entry without a counter.
 func (e Entry) Bless() Entry {
-	return Entry{Name: e.Name, Version: e.Version}
+	e.Counting, e.Left, e.Done = false, 0, 0
+	return e
 }
 
 // MarkBad returns the entry with no tries left ("+0-DONE"), so that systemd-boot sorts it last. A blessed

@@ -35,12 +35,23 @@ type Sim struct {
 	// Agent runs after a boot that came up, with the booted entry (as renamed by the attempt); it returns
 	// whether it reboots the machine. Nil: the system stays up.
 	Agent func(esp sdboot.Dir, booted sdboot.Entry) (reboot bool, err error)
+	// OSRel, when set, returns the contents of the .osrel section of the UKI at a path on the ESP:
+	// systemd-boot's choice then follows the sort keys and versions the UKIs hold (sdboot.ListWithOSRel),
+	// and a UKI without a usable .osrel is not in its menu. Nil: every UKI is assumed to hold what Basalt's
+	// builder writes (sdboot.BuilderOSRel), so that the order is the versions' semver order.
+	OSRel func(path string) ([]byte, error)
 }
 
 // BootOnce simulates one power-on: systemd-boot lists EFI/Linux, selects the first entry in its order,
 // renames it to count the attempt (when it has a counter), then the kernel panics or the agent runs.
 func (s *Sim) BootOnce() (Boot, error) {
-	entries, err := sdboot.List(s.ESP)
+	var entries []sdboot.Entry
+	var err error
+	if s.OSRel != nil {
+		entries, err = sdboot.ListWithOSRel(s.ESP, s.OSRel)
+	} else {
+		entries, err = sdboot.List(s.ESP)
+	}
 	if err != nil {
 		return Boot{}, err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/basalt-os/basalt/bootloader/esp"
 	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/internal/testtool"
 )
 
@@ -171,5 +172,56 @@ func TestESPImage(t *testing.T) {
 	want := []string{"::/efi/linux/basalt_1.0.0.efi", "::/efi/linux/basalt_2.0.0+0-3.efi"}
 	if !slices.Equal(got, want) {
 		t.Errorf("mdir: %q, want %q", got, want)
+	}
+}
+
+// TestOSRelOrder runs the pre-release update with UKIs whose .osrel systemd-boot reads (the test's UKIs
+// are their .osrel text): the builder before images.BootVersion wrote IMAGE_VERSION=2.0.0-rc.1, which
+// systemd-boot ranks above 2.0.0, so the new version is never tried; with BootVersion it is.
+func TestOSRelOrder(t *testing.T) {
+	osrel := func(v string) string { return "NAME=Basalt\nID=debian\nIMAGE_ID=basalt\nIMAGE_VERSION=" + v + "\n" }
+	tests := []struct {
+		name   string
+		rc, v2 string // IMAGE_VERSION of the two UKIs; "" = no OSRel reader (builder's .osrel assumed)
+		boots  []string
+		esp    []string
+	}{
+		{"old builder: rc.1 boots forever", "2.0.0-rc.1", "2.0.0",
+			[]string{"basalt_2.0.0-rc.1.efi"}, []string{"basalt_2.0.0+3.efi", "basalt_2.0.0-rc.1.efi"}},
+		{"BootVersion: 2.0.0 tried and blessed", images.BootVersion("2.0.0-rc.1"), images.BootVersion("2.0.0"),
+			[]string{"basalt_2.0.0+2-1.efi"}, []string{"basalt_2.0.0-rc.1.efi", "basalt_2.0.0.efi"}},
+		{"assumed builder's .osrel", "", "",
+			[]string{"basalt_2.0.0+2-1.efi"}, []string{"basalt_2.0.0-rc.1.efi", "basalt_2.0.0.efi"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := osESP(t, "basalt_2.0.0-rc.1.efi", "basalt_2.0.0+3.efi")
+			root := string(d)
+			s := &Sim{ESP: d, Agent: HealthAgent(func(sdboot.Entry) bool { return true })}
+			if tt.rc != "" {
+				for f, v := range map[string]string{"basalt_2.0.0-rc.1.efi": tt.rc, "basalt_2.0.0+3.efi": tt.v2} {
+					if err := os.WriteFile(filepath.Join(root, "EFI", "Linux", f), []byte(osrel(v)), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+				s.OSRel = func(p string) ([]byte, error) { return os.ReadFile(filepath.Join(root, filepath.FromSlash(p))) }
+			}
+			boots, err := s.Run(10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := booted(boots); !slices.Equal(got, tt.boots) {
+				t.Errorf("boots %q, want %q", got, tt.boots)
+			}
+			if got := names(t, d); !slices.Equal(got, tt.esp) {
+				t.Errorf("ESP %q, want %q", got, tt.esp)
+			}
+		})
+	}
+	// A UKI without a usable .osrel is not in systemd-boot's menu.
+	d := osESP(t, "basalt_1.0.0.efi")
+	s := &Sim{ESP: d, OSRel: func(string) ([]byte, error) { return []byte("VERSION=1\n"), nil }}
+	if _, err := s.BootOnce(); !errors.Is(err, ErrNoEntry) {
+		t.Errorf("UKI without name fields: %v", err)
 	}
 }
