@@ -59,7 +59,7 @@ func ParseCmdline(s string) (*Cmdline, error) {
 			}
 			c.RootHash = h
 		case "basalt.version":
-			if err := images.ValidateVersion(val); err != nil {
+			if err := images.ValidateSemver(val); err != nil {
 				return nil, fmt.Errorf("kernel command line: basalt.version=%q: %w", val, err)
 			}
 			c.Version = val

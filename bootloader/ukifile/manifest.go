@@ -13,7 +13,7 @@ var ErrMismatch = errors.New("UKI does not match its manifest")
 
 // CheckManifest checks that the UKI boots exactly the release m describes: its signed command line names
 // m's verity root hash (once) and m's version (basalt.version=, once), and its os-release names m's OS
-// and version. Without it a holder of the targets key could label an old, validly signed UKI as a new
+// and version (IMAGE_ID, IMAGE_VERSION, when present). Without it a holder of the targets key could label an old, validly signed UKI as a new
 // version, or a pipeline mix-up could boot a root the updater never verified.
 func (i *Info) CheckManifest(m *images.Manifest) error {
 	var errs []error
@@ -30,6 +30,11 @@ func (i *Info) CheckManifest(m *images.Manifest) error {
 	}
 	if got := i.OSRel["IMAGE_ID"]; got != "" && got != m.Name {
 		errs = append(errs, fmt.Errorf("its os-release IMAGE_ID=%s is not the manifest's name %s", got, m.Name))
+	}
+	// IMAGE_VERSION orders the entry in systemd-boot: images.BootVersion's form (builders before it wrote
+	// the version as it is).
+	if got := i.OSRel["IMAGE_VERSION"]; got != "" && got != images.BootVersion(m.Version) && got != m.Version {
+		errs = append(errs, fmt.Errorf("its os-release IMAGE_VERSION=%s is not the manifest's version %s (%s)", got, m.Version, images.BootVersion(m.Version)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w (%s %s): %w", ErrMismatch, m.Name, m.Version, err)

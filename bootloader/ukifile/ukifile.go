@@ -31,8 +31,10 @@ const maxSection = 1 << 20
 type Info struct {
 	// Cmdline is the .cmdline section, trailing NULs and whitespace removed.
 	Cmdline string
-	// OSRel is the .osrel section parsed as os-release(5) ("" keys absent).
-	OSRel map[string]string
+	// OSRel is the .osrel section parsed as os-release(5) ("" keys absent); OSRelRaw is the section as
+	// it is (systemd-boot reads it with its own rules: bootloader/sdboot.ParseOSRel).
+	OSRel    map[string]string
+	OSRelRaw []byte
 }
 
 // ErrNotUKI is wrapped when the file is not a PE image or lacks a .cmdline section.
@@ -58,7 +60,7 @@ func Read(r io.ReaderAt) (*Info, error) {
 		return nil, err
 	}
 	if osrel != nil {
-		info.OSRel = ParseOSRelease(osrel)
+		info.OSRel, info.OSRelRaw = ParseOSRelease(osrel), osrel
 	}
 	return info, nil
 }
@@ -119,17 +121,6 @@ func (i *Info) Count(key string) int {
 		}
 	}
 	return n
-}
-
-// Version returns the version systemd-boot orders the entry by: IMAGE_VERSION, else VERSION_ID, else
-// VERSION (os-release(5)); "" when there is none.
-func (i *Info) Version() string {
-	for _, k := range []string{"IMAGE_VERSION", "VERSION_ID", "VERSION"} {
-		if v := i.OSRel[k]; v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // ParseOSRelease parses os-release(5) text: KEY=value lines, values optionally in double or single

@@ -204,7 +204,7 @@ func (a *Agent) open(ctx context.Context, readOnly bool) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := images.ValidateVersion(s.version); err != nil {
+	if err := images.ValidateSemver(s.version); err != nil {
 		return nil, fmt.Errorf("running version: %w", err)
 	}
 	entries, err := sdboot.List(d.ESP)
@@ -420,6 +420,11 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 	rel, err := c.Check(s.version, pin, s.st.Bad)
 	if err = a.full(err); err != nil {
 		return nil, err
+	}
+	// systemd-boot must order the new version above the running one as semver does, or it would
+	// never try it (versions published before images.ValidateVersion refused such shapes).
+	if err := images.BootOrderAgrees(s.version, rel.Version); err != nil {
+		return nil, fmt.Errorf("%w: %s over %s: %w", install.ErrRefused, rel.Version, s.version, err)
 	}
 	m, err := c.Manifest(rel)
 	if err != nil {

@@ -1,6 +1,8 @@
 package install
 
 import (
+	"bytes"
+
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/basalt-os/basalt/bootloader/esp"
 	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/bootloader/ukifile"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/images/disk"
 )
@@ -100,7 +103,7 @@ type Booted struct {
 // systemd-boot selects, the roothash= on its UKI's command line, and the root slot whose partition UUID
 // belongs to that hash. (On a running device the kernel command line gives the same answer.)
 func (d *Disk) Active(osName string) (*Booted, error) {
-	entries, err := sdboot.List(d.ESP)
+	entries, err := d.BootEntries()
 	if err != nil {
 		return nil, err
 	}
@@ -182,4 +185,37 @@ func readTable(path string) (*disk.Layout, []disk.PartitionInfo, error) {
 		return nil, nil, fmt.Errorf("open disk: %w", err)
 	}
 	return l, parts, nil
+}
+
+// BootEntries lists the ESP's entries in systemd-boot's order, each with the sort key and version
+// systemd-boot reads from its UKI's .osrel (UKIs of older builds carry other IMAGE_VERSIONs than
+// today's). Entries systemd-boot would leave out of its menu are left out.
+func (d *Disk) BootEntries() ([]sdboot.Entry, error) {
+	return sdboot.ListWithOSRel(d.ESP, d.osrel)
+}
+
+// osrel returns the .osrel section of the UKI at name on the ESP.
+func (d *Disk) osrel(name string) ([]byte, error) {
+	var r io.ReaderAt
+	if o, ok := d.ESP.(interface {
+		Open(name string) (*os.File, error)
+	}); ok {
+		f, err := o.Open(name)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	} else {
+		b, err := d.ESP.ReadFile(name)
+		if err != nil {
+			return nil, err
+		}
+		r = bytes.NewReader(b)
+	}
+	info, err := ukifile.Read(r)
+	if err != nil {
+		return nil, err
+	}
+	return info.OSRelRaw, nil
 }

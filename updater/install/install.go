@@ -93,7 +93,7 @@ func (in *Installer) Prune(activeVersion string) error {
 	m := in.Manifest
 	var newestGood *sdboot.Entry
 	for i, e := range entries {
-		if e.Name == m.Name && e.Blessed() && (newestGood == nil || sdboot.VersionCompare(e.ID(), newestGood.ID()) > 0) {
+		if e.Name == m.Name && e.Blessed() && (newestGood == nil || images.CompareVersions(e.Version, newestGood.Version) > 0) {
 			newestGood = &entries[i]
 		}
 	}
@@ -374,6 +374,9 @@ func (in *Installer) Switch(ctx context.Context) error {
 	if err := checkUKI(uki, m); err != nil {
 		return err
 	}
+	if err := in.checkBootsFirst(uki, fresh); err != nil {
+		return err
+	}
 	tmp := TempEntryName(m)
 	if err := esp.WriteFile(tmp, uki, m.Created); err != nil {
 		return fmt.Errorf("write UKI to the ESP: %w", err)
@@ -391,6 +394,32 @@ func (in *Installer) Switch(ctx context.Context) error {
 		return fmt.Errorf("switch to %s: %w", fresh.FileName(), err)
 	}
 	in.point("switch-after-rename")
+	return nil
+}
+
+// ErrNotFirst is wrapped when the boot loader would not try the new version first after the switch:
+// an installed entry sorts ahead of it (a pre-release of the same version built before BootVersion,
+// say). Switching anyway would leave it untried forever.
+var ErrNotFirst = sdboot.ErrNotFirst
+
+// checkBootsFirst refuses the switch unless systemd-boot, reading the .osrel of every installed UKI and
+// of the new one, would boot the new entry first.
+func (in *Installer) checkBootsFirst(uki []byte, fresh sdboot.Entry) error {
+	info, err := ukifile.Read(bytes.NewReader(uki))
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrTampered, err)
+	}
+	o, err := sdboot.ParseOSRel(info.OSRelRaw)
+	if err != nil {
+		return fmt.Errorf("%w: the new UKI: %w", ErrRefused, err)
+	}
+	installed, err := in.Disk.BootEntries()
+	if err != nil {
+		return err
+	}
+	if err := sdboot.CheckBootsFirst(installed, fresh.WithOSRel(o)); err != nil {
+		return fmt.Errorf("%w: %w; install a later version", ErrRefused, err)
+	}
 	return nil
 }
 

@@ -19,6 +19,11 @@ import (
 // followed by an fsync of the folder.
 type OSESP struct{ sdboot.OSDir }
 
+// Open opens a file of the ESP for reading (a UKI's sections are read without reading it whole).
+func (e OSESP) Open(name string) (*os.File, error) {
+	return os.Open(e.path(name))
+}
+
 // ReadFile reads a file of the ESP.
 func (e OSESP) ReadFile(name string) ([]byte, error) {
 	return os.ReadFile(e.path(name))
@@ -102,7 +107,7 @@ func LastBooted(entries []sdboot.Entry) (sdboot.Entry, bool) {
 // BootedEntry returns what runs on a disk image (see LastBooted) with the slot its UKI's roothash=
 // names.
 func (d *Disk) BootedEntry(osName string) (*Booted, error) {
-	entries, err := sdboot.List(d.ESP)
+	entries, err := d.BootEntries()
 	if err != nil {
 		return nil, err
 	}

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/basalt-os/basalt/bootloader/ukifile"
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 // TestSwitchRefusesForeignUKI: signed metadata that pairs version 2.0.0 with the UKI of another release
@@ -45,5 +47,48 @@ func TestSwitchRefusesForeignUKI(t *testing.T) {
 	}
 	if got := espEntries(t, in.Disk.ESP); !slices.Equal(got, before) {
 		t.Errorf("ESP entries %q, want them untouched: %q", got, before)
+	}
+}
+
+// TestSwitchRefusesWhatWouldNotBootFirst: the device runs 2.0.0-rc.1 from a UKI of a builder that wrote
+// IMAGE_VERSION=2.0.0-rc.1, which systemd-boot orders above 2.0.0. Switching to 2.0.0 would leave it
+// untried forever (the device used to reboot every few seconds): refused, nothing renamed. The same
+// entry written as images.BootVersion does it ("2.0.0~rc.1") lets the switch go ahead.
+func TestSwitchRefusesWhatWouldNotBootFirst(t *testing.T) {
+	objcopy := testtool.Require(t, "objcopy", "binutils")
+	v1UKI := filepath.Join(filepath.Dir(fx.v1Disk), "update", fx.v1.UKI.Path)
+	for _, tc := range []struct {
+		imageVersion string
+		refused      bool
+	}{{"2.0.0-rc.1", true}, {"2.0.0~rc.1", false}} {
+		t.Run(tc.imageVersion, func(t *testing.T) {
+			dir := t.TempDir()
+			osrel := filepath.Join(dir, "osrel")
+			os.WriteFile(osrel, []byte("ID=basalt\nIMAGE_ID=basalt\nIMAGE_VERSION="+tc.imageVersion+"\n"), 0o644)
+			rc := filepath.Join(dir, "rc.efi")
+			if out, err := exec.Command(objcopy, "--update-section", ".osrel="+osrel, v1UKI, rc).CombinedOutput(); err != nil {
+				t.Fatalf("objcopy: %v\n%s", err, out)
+			}
+			data, _ := os.ReadFile(rc)
+			_, fetch := newServer(t, fx.v2Dir)
+			in, _ := openInstaller(t, copyDisk(t), fetch)
+			if err := in.Disk.ESP.WriteFile("EFI/Linux/basalt_2.0.0-rc.1.efi", data, fx.v2.Created); err != nil {
+				t.Fatal(err)
+			}
+			err := in.Switch(context.Background())
+			if tc.refused != errors.Is(err, ErrNotFirst) || tc.refused != errors.Is(err, ErrRefused) {
+				t.Fatalf("switch: %v (want refused: %v)", err, tc.refused)
+			}
+			got := espEntries(t, in.Disk.ESP)
+			if tc.refused {
+				if slices.Contains(got, "basalt_2.0.0+3.efi") || !strings.Contains(err.Error(), "basalt_2.0.0-rc.1.efi") {
+					t.Errorf("entries %q, error %v", got, err)
+				}
+				return
+			}
+			if !slices.Contains(got, "basalt_2.0.0+3.efi") {
+				t.Errorf("entries %q", got)
+			}
+		})
 	}
 }

@@ -169,7 +169,7 @@ func Next(s State, ev Event) (State, error) {
 	n.Bad = slices.Clone(s.Bad)
 	switch ev.Kind {
 	case Start:
-		if err := images.ValidateVersion(ev.Version); err != nil || ev.Slot == "" {
+		if err := images.ValidateSemver(ev.Version); err != nil || ev.Slot == "" {
 			return bad("start needs a valid version and a slot")
 		}
 		switch s.Phase {

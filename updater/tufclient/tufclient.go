@@ -220,7 +220,7 @@ func (c *Client) Releases() []Release {
 		if cu.Kind != KindManifest || cu.Channel != c.cfg.Channel || cu.Name != c.cfg.Name || cu.Manifest == nil {
 			continue
 		}
-		if images.ValidateVersion(cu.Version) != nil || p != path.Join(cu.Channel, cu.Name, cu.Version, images.ManifestFile) {
+		if images.ValidateSemver(cu.Version) != nil || p != path.Join(cu.Channel, cu.Name, cu.Version, images.ManifestFile) {
 			continue
 		}
 		out = append(out, Release{Version: cu.Version, Target: p, Info: t, Manifest: cu.Manifest})
