@@ -13,10 +13,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"time"
 
+	"github.com/basalt-os/basalt/bootloader/bootreport"
+	"github.com/basalt-os/basalt/bootloader/watchdog"
 	"github.com/basalt-os/basalt/internal/wait"
 	"github.com/basalt-os/basalt/updater/agent"
 	"github.com/basalt-os/basalt/updater/config"
@@ -75,6 +79,17 @@ type Daemon struct {
 	Now    func() time.Time
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Jitter func(max time.Duration) time.Duration
+	// BootReport is basalt-init's report of this boot ("": bootreport.Path): the daemon logs what the
+	// boot had to do without and feeds the hardware watchdog basalt-init armed.
+	BootReport string
+	// OpenWatchdog opens a watchdog device (nil: watchdog.Open).
+	OpenWatchdog func(path string) (Feeder, error)
+}
+
+// Feeder is an open hardware watchdog.
+type Feeder interface {
+	Keepalive() error
+	Close() error
 }
 
 // DefaultBackoff is the first wait after a failed cycle.
@@ -145,6 +160,57 @@ func (d *Daemon) failed(step string, err error) {
 	class := agent.ErrorClass(err)
 	d.Metrics.Failure(class)
 	d.log().Error(step+" failed", "class", class, "err", err)
+}
+
+// bootReport reads basalt-init's report of this boot: it logs what the boot had to do without ("boot
+// degraded") and starts feeding the hardware watchdog if basalt-init armed one; the feeding stops with
+// ctx (the watchdog keeps running: a daemon that is gone resets the machine).
+func (d *Daemon) bootReport(ctx context.Context) {
+	path := d.BootReport
+	if path == "" {
+		path = bootreport.Path
+	}
+	r, err := bootreport.Read(path)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			d.log().Warn("boot report unreadable", "path", path, "err", err)
+		}
+		return
+	}
+	if deg := r.Degraded(); len(deg) > 0 {
+		d.log().Warn("boot degraded", "parts", strings.Join(r.DegradedParts(), ","), "detail", strings.Join(deg, "; "))
+	}
+	if w := r.Watchdog; w != nil && w.Status == bootreport.WatchdogArmed {
+		open := d.OpenWatchdog
+		if open == nil {
+			open = func(p string) (Feeder, error) { return watchdog.Open(p) }
+		}
+		f, err := open(w.Device)
+		if err != nil {
+			d.log().Error("cannot feed the watchdog basalt-init armed: the machine will reset", "device", w.Device, "err", err)
+			return
+		}
+		every := max(time.Second, time.Duration(w.Timeout)*time.Second/3)
+		d.log().Info("feeding the watchdog", "device", w.Device, "timeout", time.Duration(w.Timeout)*time.Second, "every", every)
+		go feed(ctx, f, every, d.log())
+	}
+}
+
+// feed keeps the watchdog fed every interval until ctx ends, then closes it without disarming it.
+func feed(ctx context.Context, f Feeder, every time.Duration, log *slog.Logger) {
+	defer f.Close()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := f.Keepalive(); err != nil {
+			log.Error("watchdog keepalive", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Start is the post-boot run: the health verdict on a version on trial. It reports whether a reboot
@@ -277,6 +343,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log().Info("daemon started", "interval", time.Duration(d.Config.Poll.Interval), "jitter", time.Duration(d.Config.Poll.Jitter),
 		"window", d.Config.MaintenanceWindow, "reboot", d.Config.Reboot)
 	defer d.log().Info("daemon stopped")
+	d.bootReport(ctx)
 	rebooting, err := d.Start(ctx)
 	if ctx.Err() != nil {
 		return nil

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/basalt-os/basalt/bootloader/bootreport"
 	"github.com/basalt-os/basalt/updater/agent"
 	"github.com/basalt-os/basalt/updater/config"
 	"github.com/basalt-os/basalt/updater/health"
@@ -327,5 +329,52 @@ func TestWaitForWindow(t *testing.T) {
 	}
 	if want := []time.Duration{5 * time.Second, 19*time.Hour + 5*time.Minute}; !slices.Equal(*waits, want) || slices.Contains(a.calls, "reboot") {
 		t.Errorf("deferred: waits %v, calls %v", *waits, a.calls)
+	}
+}
+
+type fakeDog struct {
+	fed    chan struct{}
+	closed chan struct{}
+}
+
+func (f *fakeDog) Keepalive() error { f.fed <- struct{}{}; return nil }
+func (f *fakeDog) Close() error     { close(f.closed); return nil }
+
+// TestBootReport: the daemon logs what basalt-init reported the boot had to do without, and feeds the
+// watchdog basalt-init armed from its start until it stops (then closes it without disarming it).
+func TestBootReport(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "boot.json")
+	err := bootreport.Write(path, &bootreport.Report{Version: "1.0.0", State: bootreport.StateTemporary, StateDetail: "/dev/vda4: ext4 that will not mount",
+		ESP: bootreport.ESPMounted, Etc: bootreport.EtcOverlay, Watchdog: &bootreport.Watchdog{Status: bootreport.WatchdogArmed, Device: "/dev/watchdog0", Timeout: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &fakeAgent{phase: state.Idle, running: "1.0.0"}
+	d, ctx, _, log := newDaemon(t, a, testConfig(t, ""), 1000)
+	ctx, cancel := context.WithCancel(ctx)
+	dog := &fakeDog{fed: make(chan struct{}), closed: make(chan struct{})}
+	var opened string
+	d.BootReport = path
+	d.OpenWatchdog = func(p string) (Feeder, error) { opened = p; return dog, nil }
+	d.Sleep = func(ctx context.Context, _ time.Duration) error { <-ctx.Done(); return ctx.Err() }
+	done := make(chan error)
+	go func() { done <- d.Run(ctx) }()
+	for i := 0; i < 2; i++ { // fed at start, then again every timeout/3
+		<-dog.fed
+	}
+	cancel()
+	go func() {
+		for range dog.fed {
+		}
+	}()
+	<-dog.closed
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if opened != "/dev/watchdog0" {
+		t.Errorf("opened %q", opened)
+	}
+	if !strings.Contains(log.String(), `msg="boot degraded" parts=state`) || !strings.Contains(log.String(), `msg="feeding the watchdog" device=/dev/watchdog0`) {
+		t.Errorf("log:\n%s", log)
 	}
 }

@@ -161,6 +161,14 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 			for _, e := range st.Entries {
 				fmt.Fprintf(stdout, "entry     %s\n", e)
 			}
+			if st.Boot != nil {
+				for _, d := range st.Boot.Degraded() {
+					fmt.Fprintf(stdout, "degraded  %s\n", d)
+				}
+				for _, g := range st.Boot.GPT {
+					fmt.Fprintf(stdout, "repaired  %s\n", g)
+				}
+			}
 			return nil
 		},
 	}
