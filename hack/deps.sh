@@ -7,10 +7,13 @@ packages=(
   # reference readers the tests check our formats with
   gdisk fdisk e2fsprogs cryptsetup-bin mtools dosfstools binutils xz-utils zstd cpio tar
   sbsigntool osslsigncode openssl bc time
-  # systemd-boot, the UKI stub and systemd-measure (PCR 11 prediction peer)
-  systemd systemd-boot-efi
-  # the boot chain under QEMU
-  qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools busybox-static
+  # systemd-boot, the UKI stub, systemd-measure (PCR 11 prediction peer), bootctl and
+  # systemd-analyze (the judges of boot entry order)
+  systemd systemd-boot systemd-boot-efi
+  # the boot chain under QEMU; qemu-utils (qemu-io, qemu-img, qemu-nbd) judge the write-cache NBD server
+  qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools busybox-static
+  # loop devices, mounts and flock(1) for the kernel-side tests; gcc checks ioctl numbers against the headers
+  mount util-linux gcc linux-libc-dev python3
 )
 
 missing=()
