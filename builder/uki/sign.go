@@ -13,16 +13,16 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sort"
+
+	"github.com/basalt-os/basalt/bootloader/secureboot"
 )
 
 // Attribute certificate table entry (WIN_CERTIFICATE) constants.
 const (
-	winCertRevision2       = 0x0200
-	winCertTypePKCSSigned  = 0x0002
-	winCertHeaderSize      = 8
-	certTableAlignment     = 8
-	authenticodeDigestSize = sha256.Size
+	winCertRevision2      = 0x0200
+	winCertTypePKCSSigned = 0x0002
+	winCertHeaderSize     = 8
+	certTableAlignment    = secureboot.CertTableAlignment
 )
 
 // Sign returns pe with an Authenticode signature (SHA-256, PKCS#7 SignedData
@@ -115,57 +115,17 @@ func stripSignature(pe []byte) ([]byte, error) {
 // Digest returns the Authenticode SHA-256 digest of a PE image: the headers
 // without the CheckSum field and the security data directory, then each
 // section's raw data in file order, then any data after the sections except
-// the attribute certificate table. Images whose sections leave gaps in the
+// the attribute certificate table. It is secureboot.Digest, the digest the
+// updater checks against the firmware's db and dbx, so that what is signed
+// here is what is verified there. Images whose sections leave gaps in the
 // file are refused: Authenticode tools disagree on whether gaps are signed.
 func Digest(pe []byte) ([32]byte, error) {
 	var sum [32]byte
-	p, err := parsePE(pe)
+	d, err := secureboot.Digest(pe, crypto.SHA256)
 	if err != nil {
-		return sum, fmt.Errorf("authenticode digest: %w", err)
+		return sum, err
 	}
-	secDir := p.dirOffset(dirSecurity)
-	if secDir < 0 {
-		return sum, errors.New("authenticode digest: image has no security data directory")
-	}
-	end := uint64(len(pe))
-	if addr, size := p.dir(dirSecurity); addr != 0 || size != 0 {
-		if uint64(addr)+uint64(size) != end || addr%certTableAlignment != 0 {
-			return sum, fmt.Errorf("authenticode digest: certificate table (%#x+%#x) is not aligned at the end of the file", addr, size)
-		}
-		end = uint64(addr)
-	}
-	hdrs := uint64(p.sizeOfHeaders())
-	csum := uint64(p.checksumOffset())
-	if hdrs > end || hdrs < uint64(secDir)+8 {
-		return sum, fmt.Errorf("authenticode digest: SizeOfHeaders %#x out of range", hdrs)
-	}
-	h := sha256.New()
-	h.Write(pe[:csum])
-	h.Write(pe[csum+4 : secDir])
-	h.Write(pe[secDir+8 : hdrs])
-
-	type span struct{ off, size uint64 }
-	var spans []span
-	for i := range p.numSections {
-		s := p.section(i)
-		if s.SizeOfRawData > 0 {
-			spans = append(spans, span{uint64(s.PointerToRawData), uint64(s.SizeOfRawData)})
-		}
-	}
-	sort.Slice(spans, func(i, j int) bool { return spans[i].off < spans[j].off })
-	pos := hdrs
-	for _, s := range spans {
-		if s.off != pos {
-			return sum, fmt.Errorf("authenticode digest: section data at %#x, expected %#x (gap or overlap)", s.off, pos)
-		}
-		if s.off+s.size > end {
-			return sum, fmt.Errorf("authenticode digest: section data at %#x runs into the certificate table", s.off)
-		}
-		h.Write(pe[s.off : s.off+s.size])
-		pos += s.size
-	}
-	h.Write(pe[pos:end])
-	h.Sum(sum[:0])
+	copy(sum[:], d)
 	return sum, nil
 }
 
