@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   # reference readers the tests check our formats with
   gdisk fdisk e2fsprogs cryptsetup-bin mtools dosfstools binutils xz-utils zstd cpio tar
-  sbsigntool osslsigncode openssl bc time
+  sbsigntool osslsigncode openssl efitools bc time
   # systemd-boot, the UKI stub, systemd-measure (PCR 11 prediction peer), bootctl and
   # systemd-analyze (the judges of boot entry order)
   systemd systemd-boot systemd-boot-efi
