@@ -21,6 +21,7 @@ import (
 
 	"github.com/basalt-os/basalt/bootloader/bootreport"
 	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/bootloader/secureboot"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/internal/lockfile"
 	"github.com/basalt-os/basalt/updater/config"
@@ -69,6 +70,8 @@ type Agent struct {
 	BootID string
 	// BootReport is basalt-init's report of this boot (device mode; "": bootreport.Path).
 	BootReport string
+	// EFIVars is the firmware's efivarfs folder (device mode; "": secureboot.DefaultEfivarsDir).
+	EFIVars string
 }
 
 func (a *Agent) log() *slog.Logger {
@@ -122,6 +125,18 @@ func (a *Agent) lock(ctx context.Context) (*lockfile.Lock, error) {
 		return nil, ErrBusy
 	}
 	return l, err
+}
+
+// efiVars is the running firmware's efivarfs folder: on a device secureboot.DefaultEfivarsDir (or
+// EFIVars), none on a disk image.
+func (a *Agent) efiVars() string {
+	switch {
+	case a.ImageMode:
+		return ""
+	case a.EFIVars != "":
+		return a.EFIVars
+	}
+	return secureboot.DefaultEfivarsDir
 }
 
 // bootID returns the kernel's ID of the running boot on a device, "" on a disk image.
@@ -468,7 +483,7 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 		}
 	}
 	in := &install.Installer{Disk: s.disk, Manifest: m, Fetcher: f, Slot: slot, Active: s.booted.Slot, Retry: a.Retry,
-		Progress: progress, VerifyProgress: verifyProgress, Point: a.Point,
+		Progress: progress, VerifyProgress: verifyProgress, Point: a.Point, Log: a.log(), EFIVars: a.efiVars(),
 		Checkpoint: func(n int) error {
 			if err := a.apply(s, state.Event{Kind: state.Progress, Blocks: n}); err != nil {
 				return err

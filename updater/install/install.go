@@ -19,6 +19,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"log/slog"
 	"os"
 	"path"
 	"sync/atomic"
@@ -26,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/basalt-os/basalt/bootloader/sdboot"
+	"github.com/basalt-os/basalt/bootloader/secureboot"
 	"github.com/basalt-os/basalt/bootloader/ukifile"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/images/payload"
@@ -61,6 +64,12 @@ type Installer struct {
 	// VerifyProgress, if set, is called while VerifySlot reads the slot back, with the bytes of the
 	// verity-protected data read so far and their total. It may be called from several goroutines.
 	VerifyProgress func(done, total int64)
+	// EFIVars is the efivarfs folder of the running firmware (a device: secureboot.DefaultEfivarsDir;
+	// "" on a disk image, which has no firmware): before the switch the new UKI's signature is checked
+	// against its Secure Boot db and dbx.
+	EFIVars string
+	// Log receives what the install decides without failing (nil: nothing).
+	Log *slog.Logger
 	// Point, if set, is called at the commit points of an install, for fault-injection tests (a
 	// power cut there): "gpt-write-N" after the N-th write of the GPT update (before it is synced),
 	// "switch-before-rename" once the new UKI is on the ESP under its temporary name,
@@ -377,6 +386,9 @@ func (in *Installer) Switch(ctx context.Context) error {
 	if err := in.checkBootsFirst(uki, fresh); err != nil {
 		return err
 	}
+	if err := in.checkFirmware(uki); err != nil {
+		return err
+	}
 	tmp := TempEntryName(m)
 	if err := esp.WriteFile(tmp, uki, m.Created); err != nil {
 		return fmt.Errorf("write UKI to the ESP: %w", err)
@@ -420,6 +432,37 @@ func (in *Installer) checkBootsFirst(uki []byte, fresh sdboot.Entry) error {
 	if err := sdboot.CheckBootsFirst(installed, fresh.WithOSRel(o)); err != nil {
 		return fmt.Errorf("%w: %w; install a later version", ErrRefused, err)
 	}
+	return nil
+}
+
+// checkFirmware refuses the switch when the firmware, with Secure Boot on, would refuse to load the new
+// UKI (its db does not trust the signer, dbx revokes it, or it is unsigned): systemd-boot would then
+// stop with "Access Denied" and the firmware go on to PXE or its shell, with nobody on site.
+func (in *Installer) checkFirmware(uki []byte) error {
+	log := in.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if in.EFIVars == "" {
+		return nil
+	}
+	v, err := secureboot.ReadVars(in.EFIVars)
+	if errors.Is(err, fs.ErrNotExist) {
+		log.Info("no EFI variables: not checking the new UKI's signature", "dir", in.EFIVars)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the firmware's Secure Boot state: %w", err)
+	}
+	if !v.SecureBoot {
+		log.Info("Secure Boot is off: the firmware loads any UKI; not checking its signature")
+		return nil
+	}
+	trust, err := secureboot.Check(uki, v)
+	if err != nil {
+		return fmt.Errorf("%w: %s %s would not boot: the firmware's Secure Boot refuses its UKI: %w", ErrRefused, in.Manifest.Name, in.Manifest.Version, err)
+	}
+	log.Info("the new UKI passes Secure Boot", "version", in.Manifest.Version, "trust", trust.String())
 	return nil
 }
 

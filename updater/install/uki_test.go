@@ -2,14 +2,22 @@ package install
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/basalt-os/basalt/bootloader/secureboot"
 	"github.com/basalt-os/basalt/bootloader/ukifile"
 	"github.com/basalt-os/basalt/internal/testtool"
 )
@@ -91,4 +99,73 @@ func TestSwitchRefusesWhatWouldNotBootFirst(t *testing.T) {
 			}
 		})
 	}
+}
+
+// efivars writes an efivarfs folder: SecureBoot (on or off) and a db holding one certificate.
+func efivars(t *testing.T, on bool, certDER []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	attrs := []byte{7, 0, 0, 0}
+	sb := byte(0)
+	if on {
+		sb = 1
+	}
+	os.WriteFile(filepath.Join(dir, "SecureBoot-"+secureboot.GlobalVariable.String()), append(attrs, sb), 0o644)
+	db, err := secureboot.SignatureDB{secureboot.NewCertList(secureboot.GlobalVariable, certDER)}.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "db-"+secureboot.ImageSecurityDatabase.String()), append(attrs, db...), 0o644)
+	return dir
+}
+
+// TestSwitchChecksFirmware: with Secure Boot on, a UKI the firmware's db does not trust (here: unsigned)
+// is refused before the switch, naming why, and nothing reaches the ESP; with Secure Boot off, or on a
+// machine without EFI variables, the switch goes ahead.
+func TestSwitchChecksFirmware(t *testing.T) {
+	cert := selfSignedCert(t)
+	for _, tc := range []struct {
+		name    string
+		vars    string
+		refused bool
+	}{
+		{"secure boot on", efivars(t, true, cert), true},
+		{"secure boot off", efivars(t, false, cert), false},
+		{"no efivarfs", filepath.Join(t.TempDir(), "missing"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, fetch := newServer(t, fx.v2Dir)
+			in, _ := openInstaller(t, copyDisk(t), fetch)
+			in.EFIVars = tc.vars
+			before := espEntries(t, in.Disk.ESP)
+			err := in.Switch(context.Background())
+			if !tc.refused {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrRefused) || !errors.Is(err, secureboot.ErrUnsigned) || !strings.Contains(err.Error(), "would not boot") {
+				t.Fatalf("switch to an unsigned UKI with Secure Boot on: %v", err)
+			}
+			if got := espEntries(t, in.Disk.ESP); !slices.Equal(got, before) {
+				t.Errorf("ESP entries %q, want %q", got, before)
+			}
+		})
+	}
+}
+
+func selfSignedCert(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Basalt test db"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
