@@ -50,14 +50,19 @@ type Rootfs struct {
 type Kernel struct {
 	// Path of the kernel image inside the rootfs; default: the only /boot/vmlinuz-* there.
 	Path string `yaml:"path"`
-	// Cmdline is appended to the command line the builder writes (roothash=, basalt.version=).
+	// Cmdline is the start of the kernel command line; the builder appends roothash=,
+	// basalt.version= and basalt.verity.hashoffset= (and panic=10 when it sets no panic=). It may not
+	// set those itself, nor init= or "--" (see ValidateCmdline).
 	Cmdline string `yaml:"cmdline"`
 }
 
 // Initrd lists what the builder copies from the rootfs into the initrd.
 type Initrd struct {
 	Files []InitrdFile `yaml:"files"`
-	// Modules are kernel module names loaded by the initrd (their dependencies are added).
+	// Modules are kernel module names loaded by the initrd (their dependencies are added). When none
+	// is listed, the builder picks a default set for common disks, dm-verity, ext4, overlay, vfat,
+	// efivarfs and watchdogs from what the rootfs's kernel has. Either way it refuses an initrd that
+	// cannot reach and mount the root.
 	Modules []string `yaml:"modules"`
 }
 
@@ -235,6 +240,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("initrd.files[%d]: paths must be absolute paths inside the rootfs/initrd", i))
 		}
 	}
+	if err := ValidateCmdline(c.Kernel.Cmdline); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Kernel.Path != "" && !strings.HasPrefix(c.Kernel.Path, "/") {
 		errs = append(errs, fmt.Errorf("kernel.path %q: must be an absolute path inside the rootfs", c.Kernel.Path))
 	}
@@ -253,6 +261,64 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// ValidateCmdline checks the kernel command line an image config sets (kernel.cmdline), to which the
+// builder appends roothash=, basalt.version= and basalt.verity.hashoffset=. It refuses:
+//   - "--", after which the kernel hands everything to init: the builder's parameters would follow it;
+//   - an unbalanced double quote, which would swallow the builder's parameters into a quoted value;
+//   - roothash=, init= and any basalt.* parameter: the builder and basalt-init own them, and a second
+//     copy would be ambiguous (the kernel takes the last, basalt-init refuses duplicates);
+//   - control characters other than tab and newline.
+//
+// rdinit=, panic= and the rest are the config's to set. Words are split as the kernel splits them
+// (blanks outside double quotes; the quotes themselves are not part of a parameter's name).
+func ValidateCmdline(s string) error {
+	for _, r := range s {
+		if (r < 0x20 && r != '\t' && r != '\n') || r == 0x7f {
+			return fmt.Errorf("kernel.cmdline: control character %q", r)
+		}
+	}
+	if strings.Count(s, `"`)%2 != 0 {
+		return fmt.Errorf("kernel.cmdline %q: unbalanced double quote (the builder's parameters after it would become part of a quoted value)", s)
+	}
+	for _, word := range cmdlineWords(s) {
+		param := strings.ReplaceAll(word, `"`, "")
+		key, _, _ := strings.Cut(param, "=")
+		switch {
+		case param == "--":
+			return fmt.Errorf("kernel.cmdline: %q: the kernel passes what follows it to init, and the builder appends its own parameters after the config's", word)
+		case key == "roothash", key == "init", strings.HasPrefix(key, "basalt."):
+			return fmt.Errorf("kernel.cmdline: %q: roothash=, init= and basalt.* are reserved for the builder and basalt-init (a second copy would be ambiguous: the kernel takes the last, basalt-init refuses duplicates)", word)
+		}
+	}
+	return nil
+}
+
+// cmdlineWords splits a kernel command line into words: runs of non-blanks, where blanks inside double
+// quotes do not split.
+func cmdlineWords(s string) []string {
+	var words []string
+	start, quoted := -1, false
+	for i, r := range s {
+		switch {
+		case r == '"':
+			quoted = !quoted
+		case !quoted && (r == ' ' || r == '\t' || r == '\n'):
+			if start >= 0 {
+				words = append(words, s[start:i])
+				start = -1
+			}
+			continue
+		}
+		if start < 0 {
+			start = i
+		}
+	}
+	if start >= 0 {
+		words = append(words, s[start:])
+	}
+	return words
 }
 
 func (d Disk) validate() error {

@@ -113,3 +113,48 @@ func TestVersions(t *testing.T) {
 		t.Errorf("RootPartUUID = %s", u)
 	}
 }
+
+func TestKernelCmdline(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "img.yaml")
+	load := func(cmdline string) error {
+		t.Helper()
+		cfg := strings.Replace(demoConfig, `cmdline: "console=ttyS0"`, "cmdline: '"+cmdline+"'", 1)
+		if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadConfig(p)
+		return err
+	}
+	for _, ok := range []string{
+		"console=ttyS0 panic=5",
+		"console=ttyS0 panic=2 rdinit=/no-such-init",
+		`quiet foo="a b c" dyndbg="module dm_verity +p"`,
+		"root=/dev/vda2 rootinit=x basalt console=tty0",
+		"",
+	} {
+		if err := load(ok); err != nil {
+			t.Errorf("kernel.cmdline %q refused: %v", ok, err)
+		}
+	}
+	for _, tc := range []struct{ cmdline, word string }{
+		{"console=ttyS0 -- single", `"--"`},
+		{`console=ttyS0 "--"`, `"\"--\""`},
+		{"console=ttyS0 roothash=00ff", `"roothash=00ff"`},
+		{`"roothash=00ff"`, `"\"roothash=00ff\""`},
+		{"basalt.version=9.9.9", `"basalt.version=9.9.9"`},
+		{"basalt.verity.hashoffset=4096 quiet", `"basalt.verity.hashoffset=4096"`},
+		{"basalt.anything", `"basalt.anything"`},
+		{"init=/bin/sh", `"init=/bin/sh"`},
+		{`console=ttyS0 foo="bar`, "unbalanced double quote"},
+	} {
+		err := load(tc.cmdline)
+		if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "kernel.cmdline") || !strings.Contains(err.Error(), tc.word) {
+			t.Errorf("kernel.cmdline %q: error = %v, want it to name %s, kernel.cmdline and %s", tc.cmdline, err, p, tc.word)
+		}
+	}
+	// YAML itself refuses most control characters; a config built in code meets ValidateCmdline.
+	if err := ValidateCmdline("console=ttyS0\x00roothash=00"); err == nil || !strings.Contains(err.Error(), "control character") {
+		t.Errorf("NUL in the command line: %v", err)
+	}
+}

@@ -55,6 +55,10 @@ func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, 
 
 	cmdline := strings.TrimSpace(fmt.Sprintf("%s roothash=%s basalt.version=%s basalt.verity.hashoffset=%d",
 		withPanicReboot(cfg.Kernel.Cmdline), hex.EncodeToString(root.verity.RootHash), cfg.Version, root.fsSize))
+	if len(cmdline) > maxCmdline {
+		return nil, fmt.Errorf("%s: the kernel command line is %d bytes with the builder's parameters, more than the kernel's %d: shorten kernel.cmdline (the kernel would cut off roothash= and the rest)",
+			cfg.Source, len(cmdline), maxCmdline)
+	}
 	sections := []uki.Section{
 		{Name: ".osrel", Data: osrel},
 		{Name: ".cmdline", Data: []byte(cmdline)},
@@ -83,6 +87,10 @@ func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, 
 	}
 	return bf, nil
 }
+
+// maxCmdline is the longest kernel command line x86 and arm64 kernels keep (COMMAND_LINE_SIZE is
+// 2048 bytes, the terminating NUL included); the rest is cut off.
+const maxCmdline = 2047
 
 // defaultPanic makes a panicking kernel reboot after 10 s, so that systemd-boot's boot counting
 // moves on to the previous version instead of the device hanging at the panic.

@@ -65,6 +65,9 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if o.Config == nil {
 		return nil, errors.New("build: no image config")
 	}
+	if err := images.ValidateCmdline(o.Config.Kernel.Cmdline); err != nil {
+		return nil, fmt.Errorf("%s: %w", o.Config.Source, err)
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -127,6 +130,9 @@ func (b *builder) run(ctx context.Context) (*images.Manifest, error) {
 	}
 	defer tree.Close()
 	if err := b.addTrustRoot(tree); err != nil {
+		return nil, err
+	}
+	if err := b.addMountPoints(tree); err != nil {
 		return nil, err
 	}
 

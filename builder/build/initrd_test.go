@@ -38,6 +38,7 @@ func makeModulesRootfs(t *testing.T, rootfs string) {
 	makeRootfs(t, rootfs)
 	writeKo(t, rootfs, "kernel/drivers/virtio/virtio.ko", "name=virtio", "depends=")
 	writeKo(t, rootfs, "kernel/drivers/virtio/virtio_ring.ko", "name=virtio_ring", "depends=virtio")
+	writeKo(t, rootfs, "kernel/drivers/virtio/virtio_pci.ko", "name=virtio_pci", "depends=virtio,virtio_ring")
 	writeKo(t, rootfs, "kernel/drivers/block/virtio_blk.ko", "name=virtio_blk", "depends=virtio,virtio_ring")
 	writeKo(t, rootfs, "kernel/drivers/md/dm-mod.ko", "name=dm_mod", "depends=")
 	writeKo(t, rootfs, "kernel/drivers/md/dm-bufio.ko", "name=dm_bufio", "depends=")
@@ -45,7 +46,11 @@ func makeModulesRootfs(t *testing.T, rootfs string) {
 	writeKo(t, rootfs, "kernel/drivers/md/dm-verity.ko", "name=dm_verity", "depends=reed_solomon,dm-mod,dm-bufio")
 	writeKo(t, rootfs, "kernel/fs/fat/fat.ko", "name=fat", "depends=")
 	writeKo(t, rootfs, "kernel/fs/fat/vfat.ko", "name=vfat", "depends=fat,nls_base")
-	writeKo(t, rootfs, "kernel/fs/ext4/ext4.ko", "name=ext4", "depends=jbd2") // not configured: left out
+	writeKo(t, rootfs, "kernel/fs/ext4/ext4.ko", "name=ext4", "depends=jbd2,mbcache")
+	writeKo(t, rootfs, "kernel/fs/jbd2/jbd2.ko", "name=jbd2", "depends=")
+	writeKo(t, rootfs, "kernel/fs/mbcache.ko", "name=mbcache", "depends=")
+	writeKo(t, rootfs, "kernel/fs/overlayfs/overlay.ko", "name=overlay", "depends=")
+	writeKo(t, rootfs, "kernel/fs/btrfs/btrfs.ko", "name=btrfs", "depends=xor") // xor is missing; never needed
 	write(t, filepath.Join(rootfs, "lib/modules", testRelease, "modules.builtin"), []byte("kernel/fs/nls/nls_base.ko\n"), 0o644)
 	write(t, filepath.Join(rootfs, "usr/lib/basalt/basalt-init"), []byte("#!basalt-init\n"), 0o755)
 }
@@ -94,7 +99,7 @@ func TestInitrdModules(t *testing.T) {
 	tmp := t.TempDir()
 	rootfs := filepath.Join(tmp, "rootfs")
 	makeModulesRootfs(t, rootfs)
-	cfg := modulesConfig(t, tmp, rootfs, "[virtio_blk, dm-verity, nls_base, vfat]") // nls_base is built in
+	cfg := modulesConfig(t, tmp, rootfs, "[virtio_pci, virtio_blk, dm-verity, ext4, overlay, nls_base, vfat]") // nls_base is built in
 	res := doBuild(t, cfg, filepath.Join(tmp, "out"))
 	img := initrdOf(t, res, filepath.Join(tmp, "initrd.cpio"))
 
@@ -118,13 +123,14 @@ func TestInitrdModules(t *testing.T) {
 	for _, want := range []string{"kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_ring.ko",
 		"kernel/drivers/block/virtio_blk.ko", "kernel/drivers/md/dm-mod.ko", "kernel/drivers/md/dm-bufio.ko",
 		"kernel/lib/reed_solomon/reed_solomon.ko", "kernel/drivers/md/dm-verity.ko", "kernel/fs/fat/fat.ko",
-		"kernel/fs/fat/vfat.ko"} {
+		"kernel/fs/fat/vfat.ko", "kernel/drivers/virtio/virtio_pci.ko", "kernel/fs/ext4/ext4.ko", "kernel/fs/jbd2/jbd2.ko",
+		"kernel/fs/mbcache.ko", "kernel/fs/overlayfs/overlay.ko"} {
 		if files[mod+want] != "-rw-r--r--" {
 			t.Errorf("initrd: %s%s mode %q, want -rw-r--r--\n%s", mod, want, files[mod+want], listing)
 		}
 	}
-	if _, ok := files[mod+"kernel/fs/ext4/ext4.ko"]; ok {
-		t.Error("initrd holds ext4.ko, which was not configured")
+	if _, ok := files[mod+"kernel/fs/btrfs/btrfs.ko"]; ok {
+		t.Error("initrd holds btrfs.ko, which was not configured")
 	}
 	if files["init"] != "-rwxr-xr-x" {
 		t.Errorf("initrd /init mode %q, want -rwxr-xr-x", files["init"])
@@ -132,16 +138,21 @@ func TestInitrdModules(t *testing.T) {
 	if got := cpioFile(t, cpio, img, "init"); got != "#!basalt-init\n" {
 		t.Errorf("/init = %q, want the rootfs's basalt-init", got)
 	}
-	if got := cpioFile(t, cpio, img, "etc/basalt-init/modules"); got != "virtio_blk\ndm-verity\nvfat\n" {
+	if got := cpioFile(t, cpio, img, "etc/basalt-init/modules"); got != "virtio_pci\nvirtio_blk\ndm-verity\next4\noverlay\nvfat\n" {
 		t.Errorf("etc/basalt-init/modules = %q", got)
 	}
 	wantDep := `kernel/drivers/virtio/virtio.ko:
 kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/lib/reed_solomon/reed_solomon.ko:
 kernel/drivers/md/dm-mod.ko:
 kernel/drivers/md/dm-bufio.ko:
 kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko kernel/lib/reed_solomon/reed_solomon.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/mbcache.ko:
+kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/fs/overlayfs/overlay.ko:
 kernel/fs/fat/fat.ko:
 kernel/fs/fat/vfat.ko: kernel/fs/fat/fat.ko
 `
@@ -169,7 +180,7 @@ func TestInitrdModulesErrors(t *testing.T) {
 	makeModulesRootfs(t, rootfs)
 	for _, tc := range []struct{ modules, want string }{
 		{"[nosuch]", "module nosuch not found"},
-		{"[ext4]", "jbd2 (needed by ext4) not found"},
+		{"[btrfs]", "xor (needed by btrfs) not found"},
 	} {
 		cfg := modulesConfig(t, tmp, rootfs, tc.modules)
 		_, err := build.Build(context.Background(), build.Options{Config: cfg, OutDir: filepath.Join(tmp, "out"), SourceDateEpoch: time.Unix(epoch, 0)})

@@ -45,6 +45,79 @@ func (t *Tree) AddFile(name string, data []byte, mode fs.FileMode, mtime time.Ti
 	return nil
 }
 
+// NotDirError reports that a path which must be a directory holds something else.
+type NotDirError struct {
+	Path   string // absolute path in the tree, e.g. "/efi"
+	Type   string // what is there: "symlink", "regular file", "hard-linked file", "special file"
+	Target string // the symlink's target, when Type is "symlink"
+}
+
+func (e *NotDirError) Error() string {
+	if e.Type == "symlink" {
+		return fmt.Sprintf("%s is a symlink (to %s), not a directory", e.Path, e.Target)
+	}
+	return fmt.Sprintf("%s is a %s, not a directory", e.Path, e.Type)
+}
+
+// AddDir makes sure a directory exists at name: it adds one owned by root:root with mode (permission
+// bits and the sticky, setuid and setgid bits) and mtime when nothing is there, creating missing
+// parents as 0755 root:root, and leaves an existing directory as it is. It reports whether it added
+// the directory. When name or one of its parents exists but is not a directory (a symlink included:
+// nothing is resolved), it fails with a *NotDirError.
+func (t *Tree) AddDir(name string, mode fs.FileMode, mtime time.Time) (bool, error) {
+	clean, err := cleanName(name)
+	if err != nil || clean == "" {
+		return false, fmt.Errorf("add directory %s: invalid path", name)
+	}
+	var missing []string
+	for dir := clean; dir != ""; dir = parent(dir) {
+		i, ok := t.find(dir)
+		if !ok {
+			missing = append(missing, dir)
+			continue
+		}
+		if e := t.entries[i]; e.n.typ != tar.TypeDir || e.link != "" {
+			nd := &NotDirError{Path: "/" + dir, Type: typeName(e)}
+			if e.link == "" && e.n.links <= 1 {
+				switch e.n.typ {
+				case tar.TypeSymlink:
+					nd.Target = e.n.linkname
+				case tar.TypeReg:
+					nd.Type = "regular file"
+				}
+			}
+			return false, nd
+		}
+		break
+	}
+	if len(missing) == 0 {
+		return false, nil
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		n := &node{typ: tar.TypeDir, mode: 0o755, mtime: mtime.Unix(), file: -1}
+		if i == 0 {
+			n.mode = modeBits(mode)
+		}
+		t.insert(entry{name: missing[i], n: n})
+	}
+	return true, nil
+}
+
+// modeBits converts a FileMode's permission, setuid, setgid and sticky bits to Unix mode bits.
+func modeBits(m fs.FileMode) int64 {
+	b := int64(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		b |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		b |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		b |= 0o1000
+	}
+	return b
+}
+
 // insert adds e at its sorted place; the caller checked that its name is not present.
 func (t *Tree) insert(e entry) {
 	i, _ := t.find(e.name)

@@ -17,7 +17,7 @@ import (
 // Open, and must not change in the meantime (a changed file is an error).
 // Files with several names in the folder become hard links.
 func FromDir(dir string, opts Options) (*Tree, error) {
-	t, err := fromDir(dir, opts)
+	t, err := fromDir(dir, opts, nil)
 	if err != nil {
 		return nil, fmt.Errorf("rootfs folder %s: %w", dir, err)
 	}
@@ -28,11 +28,13 @@ type devIno struct{ dev, ino uint64 }
 
 type dirWalker struct {
 	b     *builder
-	dir   string
 	inode map[devIno]*node // files with more than one link, by identity
+	// beforeXattrs, when set, runs after an entry was examined and before its extended attributes are
+	// read (tests use it to change the folder in between).
+	beforeXattrs func(name string)
 }
 
-func fromDir(dir string, opts Options) (_ *Tree, err error) {
+func fromDir(dir string, opts Options, beforeXattrs func(name string)) (_ *Tree, err error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -65,8 +67,8 @@ func fromDir(dir string, opts Options) (_ *Tree, err error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return nil, errors.New("not a directory")
 	}
-	w := &dirWalker{b: newBuilder(opts), dir: abs, inode: make(map[devIno]*node)}
-	if _, err := w.add("", -1, "", &st); err != nil {
+	w := &dirWalker{b: newBuilder(opts), inode: make(map[devIno]*node), beforeXattrs: beforeXattrs}
+	if _, err := w.add("", int(top.Fd()), &st); err != nil {
 		return nil, err
 	}
 	if err := w.walk(top, ""); err != nil {
@@ -93,11 +95,20 @@ func (w *dirWalker) walk(d *os.File, name string) error {
 		if name != "" {
 			child = name + "/" + b
 		}
-		var st unix.Stat_t
-		if err := unix.Fstatat(fd, b, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return fmt.Errorf("stat /%s: %w", child, err)
+		// The entry is examined through an O_PATH descriptor: its type, owner, link target and
+		// extended attributes all come from the one inode it names, whatever happens to the path.
+		pfd, err := openPath(fd, b)
+		if err != nil {
+			return fmt.Errorf("open /%s: %w", child, err)
 		}
-		n, err := w.add(child, fd, b, &st)
+		var st unix.Stat_t
+		var n *node
+		if err = unix.Fstat(pfd, &st); err != nil {
+			err = fmt.Errorf("stat /%s: %w", child, err)
+		} else {
+			n, err = w.add(child, pfd, &st)
+		}
+		unix.Close(pfd)
 		if err != nil {
 			return err
 		}
@@ -123,9 +134,10 @@ func (w *dirWalker) walk(d *os.File, name string) error {
 	return nil
 }
 
-// add records the entry name (base in the directory parentFd) with the
-// attributes st. It returns nil for what is skipped (sockets).
-func (w *dirWalker) add(name string, parentFd int, base string, st *unix.Stat_t) (*node, error) {
+// add records the entry name, open as fd (an O_PATH descriptor, or the root
+// directory), with the attributes st. It returns nil for what is skipped
+// (sockets).
+func (w *dirWalker) add(name string, fd int, st *unix.Stat_t) (*node, error) {
 	b := w.b
 	n := &node{
 		mode:  int64(st.Mode & 0o7777),
@@ -144,7 +156,7 @@ func (w *dirWalker) add(name string, parentFd int, base string, st *unix.Stat_t)
 		n.size = st.Size
 	case unix.S_IFLNK:
 		n.typ = tar.TypeSymlink
-		target, err := readlinkat(parentFd, base)
+		target, err := readlinkat(fd, "")
 		if err != nil {
 			return nil, fmt.Errorf("read symlink /%s: %w", name, err)
 		}
@@ -174,7 +186,7 @@ func (w *dirWalker) add(name string, parentFd int, base string, st *unix.Stat_t)
 		n.links = 1
 		w.inode[key] = n
 	}
-	if err := w.readXattrs(name, n); err != nil {
+	if err := w.readXattrs(name, fd, n); err != nil {
 		return nil, err
 	}
 	b.nodes[name] = n
@@ -194,14 +206,24 @@ func readlinkat(dirfd int, name string) (string, error) {
 	}
 }
 
-// readXattrs reads the extended attributes of name without following a
-// symlink. A file system without xattr support has none.
-func (w *dirWalker) readXattrs(name string, n *node) error {
-	p := filepath.Join(w.dir, name)
-	list, err := xattrCall(func(buf []byte) (int, error) { return unix.Llistxattr(p, buf) })
+// readXattrs reads the extended attributes of the entry name, open as fd. It
+// never reads by path: it goes through /proc/self/fd/N, which names exactly
+// the inode fd refers to (a symlink's own attributes, for a symlink), so a
+// parent folder or the entry itself swapped for a symlink or another file
+// since the walk opened it cannot make it read another file's attributes. A
+// file system without xattr support has none.
+func (w *dirWalker) readXattrs(name string, fd int, n *node) error {
+	if w.beforeXattrs != nil {
+		w.beforeXattrs(name)
+	}
+	p := fmt.Sprintf("/proc/self/fd/%d", fd)
+	list, err := xattrCall(func(buf []byte) (int, error) { return unix.Listxattr(p, buf) })
 	if err != nil {
 		if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP) {
 			return nil
+		}
+		if errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("list extended attributes of /%s through %s: %w (reading a rootfs folder needs /proc mounted)", name, p, err)
 		}
 		return fmt.Errorf("list extended attributes of /%s: %w", name, err)
 	}
@@ -209,7 +231,7 @@ func (w *dirWalker) readXattrs(name string, n *node) error {
 		if key == "" {
 			continue
 		}
-		val, err := xattrCall(func(buf []byte) (int, error) { return unix.Lgetxattr(p, key, buf) })
+		val, err := xattrCall(func(buf []byte) (int, error) { return unix.Getxattr(p, key, buf) })
 		if errors.Is(err, unix.ENODATA) {
 			continue // removed since it was listed
 		}
@@ -219,6 +241,25 @@ func (w *dirWalker) readXattrs(name string, n *node) error {
 		w.b.xattr(name, n, key, string(val))
 	}
 	return nil
+}
+
+// openPath opens base, one element in the directory dirFd, as an O_PATH
+// descriptor with openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS and O_NOFOLLOW:
+// a symlink there gives a descriptor of the symlink itself. Kernels without
+// openat2 (before 5.6) get openat with O_NOFOLLOW, which is as strict for a
+// single path element.
+func openPath(dirFd int, base string) (int, error) {
+	if strings.ContainsRune(base, '/') || base == "." || base == ".." {
+		return -1, fmt.Errorf("%q is not one path element", base)
+	}
+	fd, err := unix.Openat2(dirFd, base, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if errors.Is(err, unix.ENOSYS) {
+		fd, err = unix.Openat(dirFd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	return fd, err
 }
 
 // xattrCall runs a size-then-fill xattr call, retrying if the value grows
