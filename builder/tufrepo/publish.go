@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/basalt-os/basalt/bootloader/ukifile"
 	"github.com/basalt-os/basalt/images"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
@@ -188,6 +189,17 @@ func (r *Repo) Publish(updateDir, channel string) (*Published, error) {
 		func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }, m)
 	if err == nil {
 		err = add(KindUKI, m.UKI.Path, m.UKI.Size, m.UKI.SHA256, func() (io.ReadCloser, error) { return src.Open(m.UKI.Path) }, nil)
+	}
+	if err == nil {
+		// The UKI must boot the root and version the manifest names (devices check it too, before
+		// their switch): refuse a pipeline mix-up here, before anything is signed.
+		var info *ukifile.Info
+		if info, err = ukifile.ReadFile(r.targetFile(vdir+"/"+m.UKI.Path, m.UKI.SHA256)); err == nil {
+			err = info.CheckManifest(m)
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: %s: %w", ErrBadUpdate, filepath.Join(updateDir, filepath.FromSlash(m.UKI.Path)), err)
+		}
 	}
 	if err == nil {
 		p := m.Root.Payload

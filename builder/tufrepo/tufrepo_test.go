@@ -396,6 +396,20 @@ func TestBadInput(t *testing.T) {
 	if _, err := e.repo.Publish(bad, "stable"); !errors.Is(err, ErrBadUpdate) || !strings.Contains(err.Error(), fixture.UKIFile) {
 		t.Errorf("changed UKI: %v", err)
 	}
+	// Another release's UKI, its size and sha256 put into the manifest (a pipeline mix-up): its signed
+	// command line names another root and version, and publish refuses it before signing anything.
+	mixed := updateFolder(t, "basalt", "1.1.0")
+	older := updateFolder(t, "basalt", "0.9.0")
+	otherUKI, _ := os.ReadFile(filepath.Join(older, fixture.UKIFile))
+	os.WriteFile(filepath.Join(mixed, fixture.UKIFile), otherUKI, 0o644)
+	mm, _ := images.ReadManifest(filepath.Join(mixed, images.ManifestFile))
+	om, _ := images.ReadManifest(filepath.Join(older, images.ManifestFile))
+	mm.UKI = om.UKI
+	raw, _ := mm.Marshal()
+	os.WriteFile(filepath.Join(mixed, images.ManifestFile), raw, 0o644)
+	if _, err := e.repo.Publish(mixed, "stable"); !errors.Is(err, ErrBadUpdate) || !strings.Contains(err.Error(), "basalt.version=0.9.0") {
+		t.Errorf("another release's UKI: %v", err)
+	}
 	if _, err := e.repo.Publish(updateFolder(t, "basalt", "1.1.0"), "Stable!"); err == nil || !strings.Contains(err.Error(), "channel") {
 		t.Errorf("bad channel: %v", err)
 	}
