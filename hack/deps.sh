@@ -12,8 +12,9 @@ packages=(
   systemd systemd-boot systemd-boot-efi
   # the boot chain under QEMU; qemu-utils (qemu-io, qemu-img, qemu-nbd) judge the write-cache NBD server
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools busybox-static
-  # loop devices, mounts and flock(1) for the kernel-side tests; gcc checks ioctl numbers against the headers
-  mount util-linux gcc linux-libc-dev python3
+  # loop devices, mounts and flock(1) for the kernel-side tests; gcc checks ioctl numbers against the headers;
+  # depmod judges the builder's module dependencies
+  mount util-linux gcc linux-libc-dev python3 kmod
 )
 
 missing=()

@@ -33,12 +33,16 @@ cat > "$dir/etc/inittab" <<'INITTAB'
 INITTAB
 cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi /usr/lib/systemd/boot/efi/linuxx64.efi.stub "$dir/usr/lib/systemd/boot/efi/"
 cp "$kdir"/boot/vmlinuz-* "$dir/boot/"
+# The kernel's config: the builder reads the FAT character sets the kernel defaults to from it.
+cp "$kdir"/boot/config-* "$dir/boot/" 2>/dev/null || true
 rel=$(basename "$kdir"/boot/vmlinuz-* | sed 's/^vmlinuz-//')
 mkdir -p "$dir/lib/modules/$rel"
 # The modules an initrd needs to find, verify and mount the root (virtio disk, dm-verity, ext4, vfat), and
-# the network (virtio-net) and watchdog drivers the end-to-end guest uses.
+# the network (virtio-net), watchdog and QEMU fw_cfg (the suite's kill points) drivers the end-to-end guest
+# uses.
 mods=(virtio*.ko dm-*.ko ext4.ko jbd2.ko mbcache.ko crc16.ko reed_solomon.ko vfat.ko fat.ko overlay.ko i6300esb.ko
-  net_failover.ko failover.ko nls_cp437.ko nls_ascii.ko nls_utf8.ko crc32c_generic.ko libcrc32c.ko efivarfs.ko)
+  net_failover.ko failover.ko nls_cp437.ko nls_ascii.ko nls_utf8.ko crc32c_generic.ko libcrc32c.ko efivarfs.ko
+  watchdog.ko qemu_fw_cfg.ko)
 find_args=()
 for m in "${mods[@]}"; do find_args+=(-o -name "$m"); done
 (cd "$kdir/lib/modules/$rel" && find kernel \( "${find_args[@]:1}" \) -print0 | cpio -0pdm --quiet "$dir/lib/modules/$rel")

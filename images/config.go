@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -99,7 +100,28 @@ type Boot struct {
 	Stub string `yaml:"stub"`
 	// Timeout is loader.conf's menu timeout in seconds (default 0: no menu).
 	Timeout int `yaml:"timeout"`
+	// Watchdog arms the hardware watchdog with this timeout (whole seconds, 1s to 1h) in basalt-init,
+	// before the OS starts: a boot that hangs then resets, and boot counting sees the try. The OS must
+	// keep it fed: basalt-updater daemon does. Unset: no watchdog. Add the board's watchdog driver to
+	// initrd.modules when it is not in the default set.
+	Watchdog Duration `yaml:"watchdog"`
 }
+
+// Duration is a time span written as Go duration text in YAML ("30s", "2m").
+type Duration time.Duration
+
+// UnmarshalYAML reads Go duration text.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 30s or 2m", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MaxWatchdog is the longest boot.watchdog (basalt-init's limit too).
+const MaxWatchdog = time.Hour
 
 // Default locations of systemd-boot and its stub inside a rootfs.
 const (
@@ -242,6 +264,9 @@ func (c *Config) Validate() error {
 	}
 	if err := ValidateCmdline(c.Kernel.Cmdline); err != nil {
 		errs = append(errs, err)
+	}
+	if w := time.Duration(c.Boot.Watchdog); w != 0 && (w < time.Second || w > MaxWatchdog || w%time.Second != 0) {
+		errs = append(errs, fmt.Errorf("boot.watchdog %v: want whole seconds from 1s to %v", w, MaxWatchdog))
 	}
 	if c.Kernel.Path != "" && !strings.HasPrefix(c.Kernel.Path, "/") {
 		errs = append(errs, fmt.Errorf("kernel.path %q: must be an absolute path inside the rootfs", c.Kernel.Path))

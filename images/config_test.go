@@ -59,6 +59,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad compression", demoConfig + "payload:\n  compression: lz4\n", "want xz or zstd"},
 		{"relative initrd path", strings.Replace(demoConfig, "- /bin/busybox", "- bin/busybox", 1), "initrd.files[0]"},
 		{"empty", "", "empty image config"},
+		{"watchdog not a duration", demoConfig + "boot:\n  watchdog: soon\n", "not a duration like 30s"},
+		{"watchdog under a second", demoConfig + "boot:\n  watchdog: 500ms\n", "boot.watchdog 500ms: want whole seconds"},
+		{"watchdog over an hour", demoConfig + "boot:\n  watchdog: 2h\n", "boot.watchdog 2h0m0s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig([]byte(tc.yaml))

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/basalt-os/basalt/builder/initrd"
 	"github.com/basalt-os/basalt/builder/rootfs"
@@ -55,6 +56,9 @@ func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, 
 
 	cmdline := strings.TrimSpace(fmt.Sprintf("%s roothash=%s basalt.version=%s basalt.verity.hashoffset=%d",
 		withPanicReboot(cfg.Kernel.Cmdline), hex.EncodeToString(root.verity.RootHash), cfg.Version, root.fsSize))
+	if w := time.Duration(cfg.Boot.Watchdog); w > 0 {
+		cmdline += fmt.Sprintf(" basalt.watchdog=%d", int(w/time.Second))
+	}
 	if len(cmdline) > maxCmdline {
 		return nil, fmt.Errorf("%s: the kernel command line is %d bytes with the builder's parameters, more than the kernel's %d: shorten kernel.cmdline (the kernel would cut off roothash= and the rest)",
 			cfg.Source, len(cmdline), maxCmdline)
@@ -160,7 +164,9 @@ func (b *builder) osRelease(tree *rootfs.Tree) ([]byte, error) {
 		}
 		out.WriteString(line + "\n")
 	}
-	fmt.Fprintf(&out, "IMAGE_ID=%s\nIMAGE_VERSION=%s\n", b.Config.Name, b.Config.Version)
+	// systemd-boot orders entries by IMAGE_VERSION with its own comparison: BootVersion writes pre-releases
+	// so that it orders them as semver does (2.0.0-rc.1 -> 2.0.0~rc.1, older than 2.0.0).
+	fmt.Fprintf(&out, "IMAGE_ID=%s\nIMAGE_VERSION=%s\n", b.Config.Name, images.BootVersion(b.Config.Version))
 	return out.Bytes(), nil
 }
 
