@@ -228,6 +228,20 @@ func TestLoaderLoad(t *testing.T) {
 	if _, err := l.Load("dm-verity"); !errors.Is(err, unix.ENOEXEC) || !strings.Contains(err.Error(), "dm-mod.ko") {
 		t.Fatalf("failing load: %v", err)
 	}
+	// One module that refuses to load (its hardware is absent) does not stop the others.
+	l.Finit = func(f *os.File) error {
+		if strings.HasSuffix(f.Name(), "reed_solomon.ko") {
+			return unix.ENODEV
+		}
+		return nil
+	}
+	got, err := l.Load("dm-verity")
+	if !errors.Is(err, unix.ENODEV) || !strings.Contains(err.Error(), "reed_solomon.ko") {
+		t.Errorf("one failing module: %v", err)
+	}
+	if want := []string{"kernel/drivers/md/dm-mod.ko", "kernel/drivers/md/dm-bufio.ko", "kernel/drivers/md/dm-verity.ko"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("loaded %q, want the others %q", got, want)
+	}
 }
 
 // A listed module that modules.dep lacks but /sys/module has (built into the kernel) is fine; one

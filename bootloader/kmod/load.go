@@ -23,7 +23,9 @@ type Loader struct {
 }
 
 // Load loads the named modules and their dependencies, each once, dependencies first. A module the
-// kernel already has (EEXIST) counts as loaded. It returns the files it loaded or found loaded.
+// kernel already has (EEXIST) counts as loaded. A module that fails to load (a driver whose hardware is
+// absent, a CPU feature missing) does not stop the others: the error joins every failure. It returns
+// the files it loaded or found loaded.
 func (l *Loader) Load(names ...string) ([]string, error) {
 	f, err := os.Open(filepath.Join(l.Dir, "modules.dep"))
 	if err != nil {
@@ -52,12 +54,16 @@ func (l *Loader) Load(names ...string) ([]string, error) {
 	if finit == nil {
 		finit = func(f *os.File) error { return unix.FinitModule(int(f.Fd()), "", 0) }
 	}
-	for i, p := range order {
+	var loaded []string
+	var errs []error
+	for _, p := range order {
 		if err := l.loadOne(filepath.Join(l.Dir, p), finit); err != nil {
-			return order[:i], err
+			errs = append(errs, err)
+			continue
 		}
+		loaded = append(loaded, p)
 	}
-	return order, nil
+	return loaded, errors.Join(errs...)
 }
 
 func (l *Loader) loadOne(p string, finit func(*os.File) error) error {
