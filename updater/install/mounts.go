@@ -121,6 +121,11 @@ func MountsOf(mounts []Mount, dev string) []string {
 //
 // On a disk image file (no partition devices) configured is returned as it is.
 func ESPMount(disk, configured string) (string, error) {
+	return espMount("/sys", MountInfo, disk, configured)
+}
+
+// espMount is ESPMount with the sysfs and mountinfo to read.
+func espMount(sysRoot, mountInfo, disk, configured string) (string, error) {
 	_, parts, err := readTable(disk)
 	if err != nil {
 		return "", err
@@ -134,7 +139,7 @@ func ESPMount(disk, configured string) (string, error) {
 	if number == 0 {
 		return "", fmt.Errorf("disk %s has no partition %q", disk, images.PartESP)
 	}
-	dev, isBlock, err := PartitionDev("/sys", disk, number)
+	dev, isBlock, err := PartitionDev(sysRoot, disk, number)
 	if errors.Is(err, errNoPartitionDev) {
 		return configured, nil // a block device without partition devices (a loop device without partscan) mounts nothing
 	}
@@ -144,7 +149,7 @@ func ESPMount(disk, configured string) (string, error) {
 	if !isBlock {
 		return configured, nil
 	}
-	f, err := os.Open(MountInfo)
+	f, err := os.Open(mountInfo)
 	if err != nil {
 		return "", fmt.Errorf("find the ESP's mount: %w", err)
 	}
@@ -188,14 +193,19 @@ var ErrMounted = errors.New("partition in use")
 // mounted (/proc/self/mountinfo) or another device is stacked on it (a dm-verity or dm-crypt mapping:
 // /sys/class/block/<part>/holders). A disk image file always passes.
 func CheckUnused(disk string, number int) error {
-	dev, isBlock, err := PartitionDev("/sys", disk, number)
+	return checkUnused("/sys", MountInfo, disk, number)
+}
+
+// checkUnused is CheckUnused with the sysfs and mountinfo to read.
+func checkUnused(sysRoot, mountInfo, disk string, number int) error {
+	dev, isBlock, err := PartitionDev(sysRoot, disk, number)
 	if errors.Is(err, errNoPartitionDev) {
 		return nil // no partition device: nothing can have it mounted
 	}
 	if err != nil || !isBlock {
 		return err
 	}
-	f, err := os.Open(MountInfo)
+	f, err := os.Open(mountInfo)
 	if err != nil {
 		return fmt.Errorf("check partition %d of %s: %w", number, disk, err)
 	}
@@ -207,7 +217,7 @@ func CheckUnused(disk string, number int) error {
 	if at := MountsOf(mounts, dev); len(at) > 0 {
 		return fmt.Errorf("%w: partition %d of %s is mounted on %s", ErrMounted, number, disk, strings.Join(at, ", "))
 	}
-	holders, _ := os.ReadDir(filepath.Join("/sys/dev/block", dev, "holders"))
+	holders, _ := os.ReadDir(filepath.Join(sysRoot, "dev/block", dev, "holders"))
 	if len(holders) > 0 {
 		var names []string
 		for _, h := range holders {

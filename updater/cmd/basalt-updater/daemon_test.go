@@ -26,6 +26,7 @@ import (
 	"github.com/basalt-os/basalt/bootloader/sdboot"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/updater/bootsim"
+	"github.com/basalt-os/basalt/updater/cli"
 	"github.com/basalt-os/basalt/updater/install"
 	"github.com/basalt-os/basalt/updater/state"
 )
@@ -193,8 +194,8 @@ func TestDaemonOnceErrors(t *testing.T) {
 	d.writeConfig(t, "http://127.0.0.1:1", "")
 	out, err := d.run(nil, "daemon", "--once")
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != exitDownload || !strings.Contains(out, `msg="update failed" class=fault`) {
-		t.Errorf("repository down: %v (want exit %d)\n%s", err, exitDownload, out)
+	if !errors.As(err, &ee) || ee.ExitCode() != cli.ExitDownload || !strings.Contains(out, `msg="update failed" class=fault`) {
+		t.Errorf("repository down: %v (want exit %d)\n%s", err, cli.ExitDownload, out)
 	}
 }
 

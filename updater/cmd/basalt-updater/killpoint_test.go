@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/basalt-os/basalt/updater/cli"
 	"github.com/basalt-os/basalt/updater/state"
 )
 
@@ -76,7 +77,7 @@ func TestLock(t *testing.T) {
 
 	out, err := d.run(nil, "install", "--no-reboot")
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != exitBusy {
+	if !errors.As(err, &ee) || ee.ExitCode() != cli.ExitBusy {
 		t.Fatalf("second install: %v\n%s", err, out)
 	}
 	if want := "another basalt-updater is running (pid " + strconv.Itoa(cmd.Process.Pid) + ")"; !strings.Contains(out, want) {

@@ -17,6 +17,7 @@ import (
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/updater/agent"
 	"github.com/basalt-os/basalt/updater/bootsim"
+	"github.com/basalt-os/basalt/updater/cli"
 	"github.com/basalt-os/basalt/updater/install"
 	"github.com/basalt-os/basalt/updater/internal/testfix"
 	"github.com/basalt-os/basalt/updater/state"
@@ -261,8 +262,10 @@ func TestNoKillHookInRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(b, []byte("BASALT_UPDATER_KILL_AT_SAVE")) {
-		t.Error("the release binary contains the BASALT_UPDATER_KILL_AT_SAVE hook")
+	for _, hook := range []string{"BASALT_UPDATER_KILL_AT", "BASALT_UPDATER_PAUSE_AT", "opt/basalt/killpoint"} {
+		if bytes.Contains(b, []byte(hook)) {
+			t.Errorf("the release binary contains the %s hook", hook)
+		}
 	}
 }
 
@@ -273,18 +276,18 @@ func TestExitCodes(t *testing.T) {
 		err  error
 		code int
 	}{
-		{fmt.Errorf("refresh: %w: x", tufclient.ErrRepository), exitUntrusted},
-		{fmt.Errorf("verify: %w", install.ErrTampered), exitUntrusted},
-		{fmt.Errorf("refresh: %w", tufclient.ErrExpired), exitExpired},
-		{fmt.Errorf("fetch: %w", tufclient.ErrDownload), exitDownload},
-		{fmt.Errorf("cache: %w", tufclient.ErrLocal), exitLocalCache},
-		{tufclient.ErrNoUpdate, exitNoUpdate},
-		{agent.ErrNotBlessed, exitPending},
-		{fmt.Errorf("x: %w", tufclient.ErrDowngrade), exitRefused},
-		{errors.New("disk on fire"), exitOther},
+		{fmt.Errorf("refresh: %w: x", tufclient.ErrRepository), cli.ExitUntrusted},
+		{fmt.Errorf("verify: %w", install.ErrTampered), cli.ExitUntrusted},
+		{fmt.Errorf("refresh: %w", tufclient.ErrExpired), cli.ExitExpired},
+		{fmt.Errorf("fetch: %w", tufclient.ErrDownload), cli.ExitDownload},
+		{fmt.Errorf("cache: %w", tufclient.ErrLocal), cli.ExitLocalCache},
+		{tufclient.ErrNoUpdate, cli.ExitNoUpdate},
+		{agent.ErrNotBlessed, cli.ExitPending},
+		{fmt.Errorf("x: %w", tufclient.ErrDowngrade), cli.ExitRefused},
+		{errors.New("disk on fire"), cli.ExitOther},
 	} {
-		if got := exitCode(c.err); got != c.code {
-			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.code)
+		if got := cli.ExitCode(c.err); got != c.code {
+			t.Errorf("cli.ExitCode(%v) = %d, want %d", c.err, got, c.code)
 		}
 	}
 	d := newDevice(t)
@@ -294,7 +297,7 @@ func TestExitCodes(t *testing.T) {
 	}
 	// The device runs v1 and the repository offers nothing newer than a pinned 1.0.0: refused.
 	var ee *exec.ExitError
-	if out, err := d.run(nil, "install", "--version", "1.0.0", "--no-reboot"); !errors.As(err, &ee) || ee.ExitCode() != exitRefused {
-		t.Errorf("install of the running version: %v (want exit %d)\n%s", err, exitRefused, out)
+	if out, err := d.run(nil, "install", "--version", "1.0.0", "--no-reboot"); !errors.As(err, &ee) || ee.ExitCode() != cli.ExitRefused {
+		t.Errorf("install of the running version: %v (want exit %d)\n%s", err, cli.ExitRefused, out)
 	}
 }

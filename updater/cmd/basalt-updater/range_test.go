@@ -19,6 +19,7 @@ import (
 
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/internal/testtool"
+	"github.com/basalt-os/basalt/updater/cli"
 	"github.com/basalt-os/basalt/updater/state"
 )
 
@@ -167,8 +168,8 @@ func TestTamperedBlockRangeIgnoringServer(t *testing.T) {
 	d.useRepository(t, ws.URL)
 	out, err := d.run(nil, "install", "--no-reboot")
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != exitUntrusted {
-		t.Fatalf("install of a tampered block: %v, want exit %d\n%s", err, exitUntrusted, out)
+	if !errors.As(err, &ee) || ee.ExitCode() != cli.ExitUntrusted {
+		t.Fatalf("install of a tampered block: %v, want exit %d\n%s", err, cli.ExitUntrusted, out)
 	}
 	if !strings.Contains(out, "does not match its signed metadata") {
 		t.Errorf("output does not say tampered:\n%s", out)
