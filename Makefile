@@ -28,15 +28,15 @@ vet:
 	$(GO) vet -tags e2e ./hack/e2e
 
 # gotestsum prints the summary line ("DONE N tests, M failures in Xs"). The e2e tag adds the QEMU suite
-# (hack/e2e: OVMF with Secure Boot, systemd-boot, swtpm, five update scenarios; about 10 minutes on 2 cores
+# (hack/e2e: OVMF with Secure Boot, systemd-boot, swtpm, a write-cache disk, nine scenarios; about 20 minutes on 2 cores
 # without KVM) to the unit tests.
 test: deps vet
-	$(GO) tool gotestsum --format pkgname-and-test-fails -- -count=1 -timeout 45m -tags e2e ./...
+	$(GO) tool gotestsum --format pkgname-and-test-fails -- -count=1 -timeout 60m -tags e2e ./...
 	@echo "end-to-end scenario times (out/e2e/times.txt):"; cat out/e2e/times.txt
 
 # Only the QEMU end-to-end suite, with every test's log lines; serial logs are kept in out/e2e/logs.
 e2e: deps
-	$(GO) tool gotestsum --format standard-verbose -- -count=1 -timeout 30m -tags e2e -run TestScenarios ./hack/e2e
+	$(GO) tool gotestsum --format standard-verbose -- -count=1 -timeout 50m -tags e2e -run TestScenarios ./hack/e2e
 
 bench:
 	bash hack/bench/build.sh

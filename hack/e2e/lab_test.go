@@ -25,7 +25,7 @@ const osName = "basalt-e2e"
 // The guest's kernel modules, loaded by basalt-init from the initrd: disk, network, dm-verity, the
 // root, state and ESP filesystems.
 var initrdModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "dm-verity", "ext4", "crc32c_generic",
-	"overlay", "vfat", "nls_cp437", "nls_ascii", "efivarfs"}
+	"overlay", "vfat", "nls_cp437", "nls_ascii", "efivarfs", "i6300esb", "qemu_fw_cfg"}
 
 // variant says how a version differs from a good one.
 type variant struct {
@@ -36,6 +36,14 @@ type variant struct {
 	cmdline string
 	// compression is its payload's codec (default zstd).
 	compression string
+	// watchdog is its boot.watchdog ("": none): basalt-init arms the machine's i6300esb, the daemon
+	// feeds it.
+	watchdog string
+	// hang makes its userspace stop for good before the updater starts (a deadlocked boot).
+	hang bool
+	// defaults builds it the way a newcomer would: no initrd section (the builder's default modules)
+	// and a rootfs without /efi, /var or /run (the builder creates the mount points).
+	defaults bool
 }
 
 const goodCmdline = "console=ttyS0 panic=5"
@@ -49,7 +57,15 @@ var versions = []variant{
 	// 4.0.0's kernel panics on every boot: its initrd's init is missing, so the kernel finds no root.
 	{version: "4.0.0", cmdline: goodCmdline + " panic=2 rdinit=/no-such-init"},
 	{version: "5.0.0"},
+	// 6.0.0 arms the hardware watchdog, and its daemon feeds it.
+	{version: "6.0.0", watchdog: "20s"},
+	// 7.0.0 arms it too, then hangs before its updater starts: only the watchdog can end the boot.
+	{version: "7.0.0", watchdog: "20s", hang: true},
 }
+
+// defaultsImage is built from what a newcomer brings: no initrd section, no /efi in the rootfs. It is
+// booted on a machine of its own.
+var defaultsImage = variant{version: "0.9.0", defaults: true}
 
 // lab is everything the scenarios share: tools, keys, the TUF repository and its server, the built
 // images, and the one machine they update.
@@ -103,10 +119,10 @@ func newLab(t *testing.T) *lab {
 	l.buildBinaries(t)
 	l.makeKeysAndRepo(t)
 	l.serveRepo(t)
-	for _, v := range versions {
+	for _, v := range append(versions, defaultsImage) {
 		l.buildVersion(t, v)
 	}
-	t.Logf("setup (binaries, keys, repository, 5 images): %s", time.Since(start).Round(time.Second))
+	t.Logf("setup (binaries, keys, repository, %d images): %s", len(versions)+1, time.Since(start).Round(time.Second))
 	l.m = newMachine(t, filepath.Join(l.work, "device"), filepath.Join(l.work, "logs"),
 		filepath.Join(l.outs["1.0.0"], "disk.raw"))
 	return l
@@ -116,12 +132,14 @@ func newLab(t *testing.T) *lab {
 func (l *lab) buildBinaries(t *testing.T) {
 	bin := filepath.Join(l.work, "bin")
 	l.basalt = filepath.Join(bin, "basalt")
-	for _, b := range []struct{ out, pkg string }{
-		{l.basalt, "./builder/cmd/basalt"},
-		{filepath.Join(bin, "basalt-init"), "./bootloader/cmd/basalt-init"},
-		{filepath.Join(bin, "basalt-updater"), "./updater/cmd/basalt-updater"},
+	for _, b := range []struct{ out, pkg, tags string }{
+		{l.basalt, "./builder/cmd/basalt", ""},
+		{filepath.Join(bin, "basalt-init"), "./bootloader/cmd/basalt-init", ""},
+		// The guest's updater carries the kill points (inert unless a boot names one through QEMU's
+		// fw_cfg): the suite cuts the power at its commit points.
+		{filepath.Join(bin, "basalt-updater"), "./updater/cmd/basalt-updater", "killhook"},
 	} {
-		cmd := exec.Command("go", "build", "-trimpath", "-o", b.out, b.pkg)
+		cmd := exec.Command("go", "build", "-trimpath", "-tags="+b.tags, "-o", b.out, b.pkg)
 		cmd.Dir = l.top
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -183,15 +201,25 @@ trust:
   root: %s
 kernel:
   cmdline: %q
-initrd:
-  modules: [%s]
 disk:
   size: 640MiB
   esp: 128MiB
   root: 192MiB
 payload:
   compression: %s
-`, osName, v.version, filepath.Join(l.repo, "metadata", "root.json"), cmdline, strings.Join(initrdModules, ", "), compression)
+`, osName, v.version, filepath.Join(l.repo, "metadata", "root.json"), cmdline, compression)
+	if v.defaults {
+		for _, d := range []string{"efi", "var", "run"} {
+			if err := os.RemoveAll(filepath.Join(rootfs, d)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	} else {
+		cfg += fmt.Sprintf("initrd:\n  modules: [%s]\n", strings.Join(initrdModules, ", "))
+	}
+	if v.watchdog != "" {
+		cfg += "boot:\n  watchdog: " + v.watchdog + "\n"
+	}
 	cfgFile := filepath.Join(dir, "image.yaml")
 	writeFile(t, cfgFile, cfg, 0o644)
 	out := filepath.Join(dir, "out")
@@ -237,8 +265,13 @@ func (l *lab) installGuest(t *testing.T, rootfs string, v variant) {
 ::respawn:/usr/bin/basalt-updater daemon
 ::shutdown:/bin/sync
 `, 0o644)
+	hang := ""
+	if v.hang {
+		hang = "echo 'basalt-e2e: hanging on purpose'\nwhile :; do sleep 3600; done\n"
+	}
 	writeFile(t, filepath.Join(rootfs, "etc", "init.d", "rcS"), `#!/bin/sh
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+# basalt-init mounted /run with its boot report in it.
+grep -q ' /run ' /proc/mounts || mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 ip link set lo up
 ip link set eth0 up
@@ -246,7 +279,7 @@ ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 . /etc/os-release
 echo "basalt-e2e: userspace up version=$VERSION_ID"
-`, 0o755)
+`+hang, 0o755)
 	writeFile(t, filepath.Join(rootfs, "etc", "os-release"), fmt.Sprintf(
 		"NAME=\"Basalt e2e\"\nID=%s\nPRETTY_NAME=\"Basalt e2e %s\"\nVERSION_ID=%s\n", osName, v.version, v.version), 0o644)
 	health := v.health

@@ -27,11 +27,15 @@ func TestScenarios(t *testing.T) {
 		name string
 		run  func(*testing.T, *lab)
 	}{
+		{"0-defaults", scenarioDefaults},
 		{"a-update", scenarioUpdate},
 		{"b-unhealthy", scenarioUnhealthy},
 		{"c-kernel-panic", scenarioPanic},
 		{"d-power-cut", scenarioPowerCut},
 		{"e-tamper", scenarioTamper},
+		{"f-shared-damage", scenarioSharedDamage},
+		{"g-write-cache", scenarioWriteCache},
+		{"h-watchdog", scenarioWatchdog},
 	} {
 		start, firstBoot := time.Now(), len(l.m.logs)
 		ok := t.Run(sc.name, func(t *testing.T) { sc.run(t, l) })
@@ -156,6 +160,10 @@ func scenarioUpdate(t *testing.T, l *lab) {
 			t.Errorf("version %s: PCR 11 on the device %q, predicted %s", v, log.Lines()[j], want.Value)
 		}
 	}
+	// The updater checked the new UKI against the firmware's db before switching (Secure Boot is on).
+	if !log.Has(`msg="the new UKI passes Secure Boot"`, "version=2.0.0") {
+		t.Error("the updater did not check the new UKI against the firmware's Secure Boot db")
+	}
 	wantEntries(t, l, entry("1.0.0"), entry("2.0.0"))
 	verifySlot(t, l.m.disk, l.built["2.0.0"])
 	verifySlot(t, l.m.disk, l.built["1.0.0"])
@@ -173,7 +181,7 @@ func scenarioUnhealthy(t *testing.T, l *lab) {
 	if got := bootedVersions(log); !slices.Equal(got, []string{"2.0.0", "3.0.0", "2.0.0"}) {
 		t.Errorf("booted %v, want 2.0.0, 3.0.0, 2.0.0", got)
 	}
-	checkNotDefault(t, l, "3.0.0")
+	checkNotDefault(t, l, "3.0.0", "2.0.0")
 	checkBad(t, l, "3.0.0")
 	checkEntryContents(t, l)
 	verifySlot(t, l.m.disk, l.built["2.0.0"])
@@ -191,7 +199,7 @@ func scenarioPanic(t *testing.T, l *lab) {
 	if n := log.Count(`msg="update installed"`, "version=4.0.0"); n != 1 {
 		t.Errorf("4.0.0 installed %d times; it must not be retried", n)
 	}
-	checkNotDefault(t, l, "4.0.0")
+	checkNotDefault(t, l, "4.0.0", "2.0.0")
 	checkBad(t, l, "4.0.0")
 	checkEntryContents(t, l)
 	verifySlot(t, l.m.disk, l.built["2.0.0"])
@@ -199,11 +207,16 @@ func scenarioPanic(t *testing.T, l *lab) {
 
 var progressRE = regexp.MustCompile(`msg="install progress".*version=5\.0\.0.*phase=download.*written=(\d+) total=(\d+)`)
 
-// progressAt returns a stop function that is true on the first download progress line at or past
-// fraction of the image, and records the blocks written by then.
+// progressAt returns a stop function that is true on the first download progress line of version 5.0.0
+// at or past fraction of the image, and records the blocks written by then.
 func progressAt(fraction float64, written *int) func(string, *serialLog) bool {
+	return progressOf(progressRE, fraction, written)
+}
+
+// progressOf is progressAt for the version re matches.
+func progressOf(re *regexp.Regexp, fraction float64, written *int) func(string, *serialLog) bool {
 	return func(line string, _ *serialLog) bool {
-		m := progressRE.FindStringSubmatch(line)
+		m := re.FindStringSubmatch(line)
 		if m == nil {
 			return false
 		}
@@ -328,7 +341,18 @@ func scenarioTamper(t *testing.T, l *lab) {
 	if log.Has("basalt-e2e: userspace up") {
 		t.Error("the tampered root ran its init")
 	}
+	// basalt-init read init whole before switch_root, so it found the damage itself and, 5.0.0 being
+	// blessed and 2.0.0 good in the other slot, demoted 5.0.0 before rebooting (f plays that reboot out).
+	if !log.Has("basalt-init: DEMOTED version 5.0.0") {
+		t.Error("basalt-init did not demote the blessed version whose root is damaged")
+	}
+	if got := espEntries(t, disk); !slices.Contains(got, osName+"_5.0.0+0.efi") {
+		t.Errorf("ESP entries %v: 5.0.0 not demoted", got)
+	}
 	writeByte(t, disk, at, orig)
+	// The operator repaired the slot: 5.0.0 is blessed again (mtools renames the entry back).
+	esp0 := partitions(t, disk)[0]
+	l.run(t, "mren", "-i", fmt.Sprintf("%s@@%d", disk, esp0.offset()), "::/EFI/Linux/"+osName+"_5.0.0+0.efi", "::/EFI/Linux/"+entry("5.0.0"))
 
 	// A UKI without a signature, as the newest entry: the firmware refuses to load it.
 	sb := filepath.Join(t.TempDir(), "signed.efi")
@@ -360,16 +384,17 @@ func scenarioTamper(t *testing.T, l *lab) {
 	checkEntryContents(t, l)
 }
 
-// checkNotDefault checks that version v's entry can no longer be chosen: gone, or with no tries left.
-func checkNotDefault(t *testing.T, l *lab, v string) {
+// checkNotDefault checks that version v's entry can no longer be chosen (gone, or with no tries left)
+// and that good's blessed entry is still there.
+func checkNotDefault(t *testing.T, l *lab, v, good string) {
 	t.Helper()
 	for _, e := range espEntries(t, l.m.disk) {
 		if strings.HasPrefix(e, osName+"_"+v) && !strings.Contains(e, "+0") {
 			t.Errorf("entry %s can still be booted", e)
 		}
 	}
-	if !slices.Contains(espEntries(t, l.m.disk), entry("2.0.0")) {
-		t.Errorf("2.0.0's blessed entry is gone")
+	if !slices.Contains(espEntries(t, l.m.disk), entry(good)) {
+		t.Errorf("%s's blessed entry is gone", good)
 	}
 }
 

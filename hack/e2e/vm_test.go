@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/basalt-os/basalt/internal/nbdcache"
 )
 
 // Firmware: OVMF built with Secure Boot and SMM, and its variable store whose PK, KEK and db hold
@@ -34,6 +37,36 @@ type machine struct {
 	logDir string
 	boots  int
 	logs   []*serialLog // every power-on's console, in order
+	// cache, when set, is the drive's volatile write cache: the disk is served to QEMU through it (NBD),
+	// and every power-off drops what the guest had not flushed (useCache).
+	cache     *nbdcache.Server
+	cacheSock string
+	lastCut   nbdcache.CutResult
+}
+
+// useCache puts the disk behind a write cache that loses unflushed writes at every power cut, as an
+// eMMC or SSD does (internal/nbdcache), until the returned function takes it away again.
+func (m *machine) useCache(t *testing.T) func() {
+	t.Helper()
+	// 512-byte sectors: a cut may tear a multi-sector write anywhere, as a drive without power-loss
+	// protection may.
+	srv, err := nbdcache.New(m.disk, nbdcache.Options{SectorSize: 512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.cacheSock = filepath.Join(m.dir, "nbd.sock")
+	os.Remove(m.cacheSock)
+	ln, err := net.Listen("unix", m.cacheSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	m.cache = srv
+	return func() {
+		ln.Close()
+		srv.Close() // unflushed data is dropped: the machine is off
+		m.cache = nil
+	}
 }
 
 func newMachine(t *testing.T, dir, logDir, factoryDisk string) *machine {
@@ -63,6 +96,12 @@ type bootOptions struct {
 	noReboot bool
 	// timeout bounds the power-on; reaching it fails the test.
 	timeout time.Duration
+	// killPoint makes the guest's updater (built with -tags killhook) stop for good at that commit point
+	// (QEMU fw_cfg opt/basalt/killpoint), where stop cuts the power.
+	killPoint string
+	// keep, with the write cache on, says which unflushed sectors the drive happened to write before the
+	// power went (nil: none).
+	keep func(sector int64) bool
 }
 
 // serialLog is what the console printed during one power-on.
@@ -171,6 +210,11 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 		return fmt.Errorf("swtpm: %w", err)
 	}
 
+	drive := "file=" + m.disk + ",format=raw,if=virtio,cache=unsafe"
+	if m.cache != nil {
+		// The guest sees a volatile write cache (virtio-blk WCE) and its flushes reach the server.
+		drive = "file=nbd+unix:///?socket=" + m.cacheSock + ",format=raw,if=virtio,cache=writeback"
+	}
 	args := []string{
 		"-accel", "tcg", // CI machines have no KVM; measure what CI sees
 		"-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
@@ -178,10 +222,15 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 		"-display", "none", "-monitor", "none", "-serial", "stdio",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + ovmfCode,
 		"-drive", "if=pflash,format=raw,unit=1,file=" + m.vars,
-		"-drive", "file=" + m.disk + ",format=raw,if=virtio,cache=unsafe",
+		"-drive", drive,
 		"-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile=",
 		"-chardev", "socket,id=chrtpm,path=" + sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
 		"-device", "tpm-tis,tpmdev=tpm0",
+		// A hardware watchdog whose expiry resets the machine, as on a device board.
+		"-device", "i6300esb", "-action", "watchdog=reset",
+	}
+	if o.killPoint != "" {
+		args = append(args, "-fw_cfg", "name=opt/basalt/killpoint,string="+o.killPoint)
 	}
 	if o.noReboot {
 		args = append(args, "-no-reboot")
@@ -233,6 +282,15 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 	io.Copy(io.Discard, out)
 	waitErr := qemu.Wait()
 	once.Do(func() { close(stopped) })
+	if m.cache != nil {
+		// The power is off: what the drive had not written is gone (or, with keep, partly written).
+		cut, err := m.cache.PowerCut(o.keep)
+		if err != nil {
+			return fmt.Errorf("power cut of the write cache: %w", err)
+		}
+		m.lastCut = cut
+		fmt.Fprintf(logFile, "e2e: power off: the drive's cache lost %d bytes and wrote %d\n", cut.DroppedBytes, cut.KeptBytes)
+	}
 	switch {
 	case scanErr != nil:
 		return fmt.Errorf("read the console: %w", scanErr)
