@@ -117,7 +117,6 @@ func readState(t *testing.T, f *bootFixture) []byte {
 // damaged with one of the sb= values BackupSuperblocks offers, and refuses it without. Real mounts of a
 // loop device: this test needs root.
 func TestBackupSuperblocksKernel(t *testing.T) {
-	losetup := testtool.Require(t, "losetup", "mount")
 	img := filepath.Join(t.TempDir(), "state.img")
 	const size = 96 << 20
 	if err := os.WriteFile(img, nil, 0o644); err != nil {
@@ -130,12 +129,7 @@ func TestBackupSuperblocksKernel(t *testing.T) {
 	f, _ := os.OpenFile(img, os.O_RDWR, 0)
 	f.WriteAt([]byte{0xff}, 1024+0x60)
 	f.Close()
-	out, err := exec.Command(losetup, "--find", "--show", img).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup: %v\n%s (needs root and loop devices)", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	defer exec.Command(losetup, "--detach", dev).Run()
+	dev := testtool.LoopDevice(t, img)
 	dir := t.TempDir()
 	if err := unix.Mount(dev, dir, "ext4", stateMountOpt, ""); err == nil {
 		unix.Unmount(dir, 0)

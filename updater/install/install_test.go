@@ -102,6 +102,10 @@ type server struct {
 	alter int64
 	// garbage: the payload is replaced by endless pseudo-random data.
 	garbage bool
+	// ignoreRange answers every GET with 200 and the whole file, as HTTP allows (python3 -m
+	// http.server and some caches do); ranges counts the requests that carried a Range.
+	ignoreRange bool
+	ranges      int64
 }
 
 func newServer(t *testing.T, dir string) (*server, *HTTPFetcher) {
@@ -120,16 +124,19 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	isPayload := strings.Contains(name, ".root.")
-	start, end := int64(0), int64(len(data))-1
-	if rg := r.Header.Get("Range"); rg != "" {
-		a, b, _ := strings.Cut(strings.TrimPrefix(rg, "bytes="), "-")
-		start, _ = strconv.ParseInt(a, 10, 64)
-		if b != "" {
-			end, _ = strconv.ParseInt(b, 10, 64)
-		}
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	start, end := int64(0), int64(len(data))-1
+	if rg := r.Header.Get("Range"); rg != "" {
+		s.ranges++
+		a, b, _ := strings.Cut(strings.TrimPrefix(rg, "bytes="), "-")
+		if !s.ignoreRange {
+			start, _ = strconv.ParseInt(a, 10, 64)
+			if b != "" {
+				end, _ = strconv.ParseInt(b, 10, 64)
+			}
+		}
+	}
 	if isPayload && s.garbage {
 		w.WriteHeader(http.StatusOK)
 		for i := 0; i < 64; i++ { // "endless": far more than the payload; the client stops reading
@@ -144,9 +151,13 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if isPayload && s.alter >= start && s.alter <= end {
 		body[s.alter-start] ^= 0x55
 	}
-	w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, len(data)))
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusPartialContent)
+	if s.ignoreRange {
+		w.WriteHeader(http.StatusOK)
+	} else {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, len(data)))
+		w.WriteHeader(http.StatusPartialContent)
+	}
 	if isPayload && s.cutAt > 0 && !s.cut && s.sent+int64(len(body)) > s.cutAt {
 		s.cut = true
 		n := s.cutAt - s.sent
@@ -158,6 +169,13 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if isPayload {
 		s.sent += int64(n)
 	}
+}
+
+// counts returns the payload bytes sent and the range requests seen.
+func (s *server) counts() (sent, ranges int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sent, s.ranges
 }
 
 func (s *server) bytesSent() int64 {

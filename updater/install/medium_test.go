@@ -4,29 +4,10 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
-	"strings"
 	"testing"
 
 	"github.com/basalt-os/basalt/internal/testtool"
 )
-
-// loopDevice attaches file to a loop device for the test (needs root and /dev/loop-control).
-func loopDevice(t *testing.T, file string) string {
-	t.Helper()
-	losetup := testtool.Require(t, "losetup", "mount")
-	out, err := exec.Command(losetup, "--find", "--show", file).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup --find --show %s: %v\n%s (this test needs root and loop devices)", file, err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if out, err := exec.Command(losetup, "--detach", dev).CombinedOutput(); err != nil {
-			t.Errorf("losetup --detach %s: %v\n%s", dev, err, out)
-		}
-	})
-	return dev
-}
 
 // TestVerifyReadsTheMedium: the read-back before the switch must read the disk, not the page cache the
 // write just filled. The slot is written through a block device (a loop device); then one byte of the
@@ -34,7 +15,7 @@ func loopDevice(t *testing.T, file string) string {
 // page that did not keep what it was given. VerifySlot must see it.
 func TestVerifyReadsTheMedium(t *testing.T) {
 	file := copyDisk(t)
-	dev := loopDevice(t, file)
+	dev := testtool.LoopDevice(t, file)
 	_, fetch := newServer(t, fx.v2Dir)
 	in, _ := openInstaller(t, dev, fetch)
 	if err := in.WriteSlot(context.Background(), 0); err != nil {

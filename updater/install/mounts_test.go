@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 func TestReadMounts(t *testing.T) {
@@ -39,7 +41,7 @@ type fakeSys struct {
 
 func newFakeSys(t *testing.T, mounts string) *fakeSys {
 	t.Helper()
-	f := &fakeSys{sys: t.TempDir(), mountinfo: filepath.Join(t.TempDir(), "mountinfo"), dev: loopDevice(t, copyDisk(t))}
+	f := &fakeSys{sys: t.TempDir(), mountinfo: filepath.Join(t.TempDir(), "mountinfo"), dev: testtool.LoopDevice(t, copyDisk(t))}
 	var st unix.Stat_t
 	if err := unix.Stat(f.dev, &st); err != nil {
 		t.Fatal(err)

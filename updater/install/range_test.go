@@ -1,7 +1,6 @@
 package install
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -11,9 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,55 +20,11 @@ import (
 	"github.com/basalt-os/basalt/internal/testtool"
 )
 
-// wholeServer serves an update folder as a server that ignores Range does (HTTP allows it): every GET
-// gets 200 and the whole file. It counts the payload bytes it sends and can flip one payload byte.
-type wholeServer struct {
-	dir string
-	mu  sync.Mutex
-	// sent counts payload bytes written to clients; ranges counts requests that carried a Range.
-	sent, ranges int64
-	// alter: payload byte at this offset is flipped (-1: none).
-	alter int64
-}
-
-func newWholeServer(t *testing.T, dir string) (*wholeServer, *HTTPFetcher) {
-	s := &wholeServer{dir: dir, alter: -1}
-	ts := httptest.NewServer(s)
-	t.Cleanup(ts.Close)
-	u, _ := url.Parse(ts.URL + "/update/")
-	return s, &HTTPFetcher{Base: u, Client: ts.Client()}
-}
-
-func (s *wholeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	name := strings.TrimPrefix(r.URL.Path, "/update/")
-	data, err := os.ReadFile(filepath.Join(s.dir, filepath.Base(name)))
-	if err != nil {
-		http.NotFound(w, r)
-		return
-	}
-	isPayload := strings.Contains(name, ".root.")
-	s.mu.Lock()
-	if r.Header.Get("Range") != "" {
-		s.ranges++
-	}
-	if isPayload && s.alter >= 0 {
-		data[s.alter] ^= 0x55
-	}
-	s.mu.Unlock()
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	w.WriteHeader(http.StatusOK)
-	n, _ := w.Write(data)
-	if isPayload {
-		s.mu.Lock()
-		s.sent += int64(n)
-		s.mu.Unlock()
-	}
-}
-
-func (s *wholeServer) counts() (sent, ranges int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sent, s.ranges
+// newWholeServer serves an update folder as a server that ignores Range does.
+func newWholeServer(t *testing.T, dir string) (*server, *HTTPFetcher) {
+	s, f := newServer(t, dir)
+	s.ignoreRange = true
+	return s, f
 }
 
 // GetRange against answers that ignore the range or get it wrong.
@@ -227,38 +180,12 @@ func TestAlteredBlockRangeIgnored(t *testing.T) {
 	}
 }
 
-// pythonServer runs the reference HTTP server, `python3 -m http.server`, on 127.0.0.1 serving dir, and
-// returns its URL.
-func pythonServer(t *testing.T, dir string) string {
-	t.Helper()
-	py := testtool.Require(t, "python3", "python3")
-	cmd := exec.Command(py, "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, "0")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("python3 -m http.server: %v", err)
-	}
-	m := regexp.MustCompile(`port (\d+)`).FindStringSubmatch(line)
-	if m == nil {
-		t.Fatalf("python3 -m http.server said %q", line)
-	}
-	go io.Copy(io.Discard, out)
-	return "http://127.0.0.1:" + m[1]
-}
-
 // A cut install resumes through `python3 -m http.server`, which answers range requests with 200 and the
 // whole file.
 func TestResumePythonHTTPServer(t *testing.T) {
 	path := copyDisk(t)
 	cp := cutInstall(t, path)
-	base := pythonServer(t, fx.v2Dir)
+	base := testtool.PythonHTTPServer(t, fx.v2Dir)
 	// The premise: this server ignores Range.
 	req, _ := http.NewRequest(http.MethodGet, base+"/"+fx.v2.Root.Payload.Path, nil)
 	req.Header.Set("Range", "bytes=100-199")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"io"
 	"net/http"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,26 +74,7 @@ func (s *wholeFileServer) rangeRequests() int {
 // answers range requests with 200 and the whole file, and returns its URL.
 func startPythonServer(t *testing.T, dir string) string {
 	t.Helper()
-	py := testtool.Require(t, "python3", "python3")
-	cmd := exec.Command(py, "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir, "0")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("python3 -m http.server: %v", err)
-	}
-	m := regexp.MustCompile(`port (\d+)`).FindStringSubmatch(line)
-	if m == nil {
-		t.Fatalf("python3 -m http.server said %q", line)
-	}
-	go io.Copy(io.Discard, out)
-	url := "http://127.0.0.1:" + m[1]
+	url := testtool.PythonHTTPServer(t, dir)
 	// The premise: it ignores Range.
 	req, _ := http.NewRequest(http.MethodGet, url+"/metadata/1.root.json", nil)
 	req.Header.Set("Range", "bytes=10-19")
