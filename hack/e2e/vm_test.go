@@ -102,6 +102,15 @@ type bootOptions struct {
 	// keep, with the write cache on, says which unflushed sectors the drive happened to write before the
 	// power went (nil: none).
 	keep func(sector int64) bool
+	// direct boots this kernel, initrd and command line (a UKI's sections) straight from QEMU, with no
+	// UEFI firmware: what the kernel sees of the disk is then exactly what is on it (OVMF itself rebuilds
+	// a damaged primary GPT from the backup before Linux starts).
+	direct *directBoot
+}
+
+// directBoot is what QEMU's -kernel, -initrd and -append take.
+type directBoot struct {
+	kernel, initrd, cmdline string
 }
 
 // serialLog is what the console printed during one power-on.
@@ -220,15 +229,22 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 		"-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
 		"-m", "1024", "-smp", "1",
 		"-display", "none", "-monitor", "none", "-serial", "stdio",
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + ovmfCode,
-		"-drive", "if=pflash,format=raw,unit=1,file=" + m.vars,
+	}
+	if d := o.direct; d != nil {
+		args = append(args, "-kernel", d.kernel, "-initrd", d.initrd, "-append", d.cmdline)
+	} else {
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+m.vars)
+	}
+	args = append(args,
 		"-drive", drive,
 		"-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile=",
 		"-chardev", "socket,id=chrtpm,path=" + sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
 		"-device", "tpm-tis,tpmdev=tpm0",
 		// A hardware watchdog whose expiry resets the machine, as on a device board.
 		"-device", "i6300esb", "-action", "watchdog=reset",
-	}
+	)
 	if o.killPoint != "" {
 		args = append(args, "-fw_cfg", "name=opt/basalt/killpoint,string="+o.killPoint)
 	}
