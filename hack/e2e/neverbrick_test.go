@@ -109,7 +109,7 @@ func scenarioSharedDamage(t *testing.T, l *lab) {
 	if log.Has("basalt-e2e: userspace up version=5.0.0") {
 		t.Error("the damaged root ran its init")
 	}
-	wantEntries(t, l, osName+"_5.0.0+0.efi", entry("2.0.0"))
+	wantEntries(t, l, entry("2.0.0"), osName+"_5.0.0+0.efi")
 	checkBad(t, l, "5.0.0")
 	verifySlot(t, disk, l.built["2.0.0"])
 }
