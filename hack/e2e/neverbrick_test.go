@@ -3,11 +3,11 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -124,19 +124,15 @@ func scenarioWriteCache(t *testing.T, l *lab) {
 	defer l.m.useCache(t)()
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("write cache: 512-byte sectors; unflushed sectors kept at random at each cut (seed %d)", seed)
-	re := regexp.MustCompile(`msg="install progress".*version=6\.0\.0.*phase=download.*written=(\d+) total=(\d+)`)
-	var half int
-	killed := func(point string) func(string, *serialLog) bool {
-		return sequence([]string{"basalt-updater: killpoint " + point + " reached"})
-	}
+	// At each point the updater sends what it wrote to the drive without a flush (sync_file_range),
+	// then the power goes: the drive's cache decides what of it stays.
+	half := len(l.built["6.0.0"].Root.Payload.Index.Blocks) / 2
 	var lost int64
 	for i, c := range []struct{ name, point string }{
-		{"g-cut-download", ""}, {"g-cut-gpt-backup", "gpt-write-2"}, {"g-cut-gpt-primary", "gpt-write-4"}, {"g-cut-switch", "switch-after-rename"},
+		{"g-cut-download", fmt.Sprintf("slot-block#%d", half)}, {"g-cut-gpt-backup", "gpt-write-2"},
+		{"g-cut-gpt-primary", "gpt-write-4"}, {"g-cut-switch", "switch-after-rename"},
 	} {
-		stop := progressOf(re, 0.5, &half)
-		if c.point != "" {
-			stop = killed(c.point)
-		}
+		stop := sequence([]string{"basalt-updater: killpoint " + c.point + " reached"})
 		log := l.m.boot(t, c.name, bootOptions{timeout: 8 * time.Minute, stop: stop, killPoint: c.point,
 			keep: nbdcache.KeepRandom(seed+uint64(i), 0.5)})
 		if got := bootedVersions(log); len(got) == 0 || got[0] != "2.0.0" {

@@ -240,7 +240,7 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 	args = append(args,
 		"-drive", drive,
 		"-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile=",
-		"-chardev", "socket,id=chrtpm,path=" + sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+		"-chardev", "socket,id=chrtpm,path="+sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
 		"-device", "tpm-tis,tpmdev=tpm0",
 		// A hardware watchdog whose expiry resets the machine, as on a device board.
 		"-device", "i6300esb", "-action", "watchdog=reset",

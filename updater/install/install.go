@@ -71,7 +71,8 @@ type Installer struct {
 	// Log receives what the install decides without failing (nil: nothing).
 	Log *slog.Logger
 	// Point, if set, is called at the commit points of an install, for fault-injection tests (a
-	// power cut there): "gpt-write-N" after the N-th write of the GPT update (before it is synced),
+	// power cut there): "slot-block" after each payload block is written to the slot (from several
+	// goroutines), "gpt-write-N" after the N-th write of the GPT update (before it is synced),
 	// "switch-before-rename" once the new UKI is on the ESP under its temporary name,
 	// "switch-after-rename" right after the rename that is the switch.
 	Point func(name string)
@@ -182,6 +183,7 @@ func (in *Installer) WriteSlot(ctx context.Context, first int) error {
 		if _, err := f.WriteAt(raw, slot.Start+ix.RawOffset(i)); err != nil {
 			return &errWrite{fmt.Errorf("write block %d to %s: %w", i, in.Slot, err)}
 		}
+		in.point("slot-block")
 		return nil
 	}
 	done := func(n int) error {

@@ -21,7 +21,7 @@ import (
 // state still says "verified" while the ESP already switched: the boot of v2 must be taken as its trial
 // (the ESP is the truth), not refused.
 func TestKillPoints(t *testing.T) {
-	for _, point := range []string{"gpt-write-1", "gpt-write-2", "gpt-write-3", "gpt-write-4",
+	for _, point := range []string{"slot-block#3", "gpt-write-1", "gpt-write-2", "gpt-write-3", "gpt-write-4",
 		"switch-before-rename", "switch-after-rename", "save-switched"} {
 		t.Run(point, func(t *testing.T) {
 			d := newDevice(t)
