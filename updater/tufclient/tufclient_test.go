@@ -54,7 +54,8 @@ type release struct {
 	compatible             []string
 }
 
-// update builds a small update folder's files in memory: a manifest that validates, a UKI stand-in and a
+// update builds a small update folder's files in memory: a manifest that validates, a UKI that names its
+// root hash and version (nothing boots it), and a
 // zstd payload of a 3-block root image (content, not a real file system: this package never reads it).
 func update(t *testing.T, r release) (m *images.Manifest, files map[string][]byte) {
 	t.Helper()
@@ -67,7 +68,10 @@ func update(t *testing.T, r release) (m *images.Manifest, files map[string][]byt
 	rh := sha256.Sum256([]byte("root " + r.version))
 	pu, _ := images.RootPartUUID(rh[:])
 	rs := sha256.Sum256(raw)
-	uki := []byte("uki of " + r.version)
+	uki, err := testfix.UKI("basalt", r.version, hex.EncodeToString(rh[:]), 8192)
+	if err != nil {
+		t.Fatal(err)
+	}
 	us := sha256.Sum256(uki)
 	arch := r.arch
 	if arch == "" {
@@ -189,8 +193,8 @@ func TestCheckAndFetch(t *testing.T) {
 	}
 	uki, _ := io.ReadAll(body)
 	body.Close()
-	if string(uki) != "uki of 1.1.0" {
-		t.Errorf("UKI %q", uki)
+	if sum := sha256.Sum256(uki); hex.EncodeToString(sum[:]) != m.UKI.SHA256 {
+		t.Errorf("UKI of %d bytes with sha256 %x, want the manifest's %s", len(uki), sum, m.UKI.SHA256)
 	}
 	b := m.Root.Payload.Blocks[1]
 	body, err = f.Fetch(context.Background(), m.Root.Payload.Path, b.Offset, b.Size)

@@ -163,3 +163,31 @@ func run(basalt string, args ...string) error {
 	}
 	return nil
 }
+
+// Stub is systemd's UKI stub on this machine (Debian package systemd-boot-efi).
+const Stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+
+// UKI returns a unified kernel image for tests that never boot it: systemd's stub with an .osrel and a
+// .cmdline naming rootHash, hashOffset and version, as `basalt build` writes them (publish and install
+// check them against the manifest), assembled with objcopy (binutils).
+func UKI(name, version, rootHash string, hashOffset int64) ([]byte, error) {
+	dir, err := os.MkdirTemp("", "basalt-testfix-uki")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	osrel := filepath.Join(dir, "osrel")
+	cmdline := filepath.Join(dir, "cmdline")
+	if err := os.WriteFile(osrel, []byte(fmt.Sprintf("ID=%s\nIMAGE_ID=%s\nIMAGE_VERSION=%s\n", name, name, images.BootVersion(version))), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(cmdline, []byte(fmt.Sprintf("console=ttyS0 roothash=%s basalt.version=%s basalt.verity.hashoffset=%d", rootHash, version, hashOffset)), 0o644); err != nil {
+		return nil, err
+	}
+	out := filepath.Join(dir, "uki.efi")
+	if b, err := exec.Command("objcopy", "--add-section", ".osrel="+osrel, "--change-section-vma", ".osrel=0x20000",
+		"--add-section", ".cmdline="+cmdline, "--change-section-vma", ".cmdline=0x30000", Stub, out).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("objcopy (binutils, systemd-boot-efi): %v\n%s", err, b)
+	}
+	return os.ReadFile(out)
+}
