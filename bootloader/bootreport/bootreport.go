@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/basalt-os/basalt/internal/atomicfile"
 )
 
 // Path is where basalt-init writes the report, as the booted OS sees it.
@@ -88,7 +90,7 @@ func (r *Report) Degraded() []string {
 	return out
 }
 
-// Write writes the report to path (its folder is created), replacing the file in one rename.
+// Write writes the report to path (its folder is created), replacing the file atomically.
 func Write(path string, r *Report) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
@@ -97,12 +99,7 @@ func Write(path string, r *Report) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("boot report: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("boot report: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("boot report: %w", err)
 	}
 	return nil

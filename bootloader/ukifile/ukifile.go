@@ -7,14 +7,11 @@
 package ukifile
 
 import (
-	"bufio"
-	"bytes"
 	"debug/pe"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 )
 
@@ -31,9 +28,8 @@ const maxSection = 1 << 20
 type Info struct {
 	// Cmdline is the .cmdline section, trailing NULs and whitespace removed.
 	Cmdline string
-	// OSRel is the .osrel section parsed as os-release(5) ("" keys absent); OSRelRaw is the section as
-	// it is (systemd-boot reads it with its own rules: bootloader/sdboot.ParseOSRel).
-	OSRel    map[string]string
+	// OSRelRaw is the .osrel section as it is (nil: none); systemd-boot reads it with its own rules,
+	// which bootloader/sdboot.ParseOSRel models.
 	OSRelRaw []byte
 }
 
@@ -54,13 +50,9 @@ func Read(r io.ReaderAt) (*Info, error) {
 	if cmd == nil {
 		return nil, fmt.Errorf("%w: no %s section", ErrNotUKI, SectionCmdline)
 	}
-	info := &Info{Cmdline: strings.TrimRight(string(cmd), "\x00 \t\r\n"), OSRel: map[string]string{}}
-	osrel, err := section(f, SectionOSRel)
-	if err != nil {
+	info := &Info{Cmdline: strings.TrimRight(string(cmd), "\x00 \t\r\n")}
+	if info.OSRelRaw, err = section(f, SectionOSRel); err != nil {
 		return nil, err
-	}
-	if osrel != nil {
-		info.OSRel, info.OSRelRaw = ParseOSRelease(osrel), osrel
 	}
 	return info, nil
 }
@@ -121,33 +113,4 @@ func (i *Info) Count(key string) int {
 		}
 	}
 	return n
-}
-
-// ParseOSRelease parses os-release(5) text: KEY=value lines, values optionally in double or single
-// quotes with backslash escapes inside double quotes; comments and malformed lines are skipped.
-func ParseOSRelease(b []byte) map[string]string {
-	m := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(bytes.TrimRight(b, "\x00")))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok || k == "" || strings.ContainsAny(k, " \t") {
-			continue
-		}
-		switch {
-		case len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"':
-			if u, err := strconv.Unquote(v); err == nil {
-				v = u
-			} else {
-				v = v[1 : len(v)-1]
-			}
-		case len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'':
-			v = v[1 : len(v)-1]
-		}
-		m[k] = v
-	}
-	return m
 }

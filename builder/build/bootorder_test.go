@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/basalt-os/basalt/bootloader/sdboot"
 	"github.com/basalt-os/basalt/bootloader/ukifile"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/internal/testtool"
@@ -28,9 +29,10 @@ func TestPreReleaseBootOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := info.OSRel["IMAGE_VERSION"]
-	if v != "2.0.0~rc.1" {
-		t.Fatalf("IMAGE_VERSION=%q", v)
+	o, err := sdboot.ParseOSRel(info.OSRelRaw)
+	v := o.Version
+	if err != nil || v != "2.0.0~rc.1" {
+		t.Fatalf("IMAGE_VERSION=%q (%v)", v, err)
 	}
 	// systemd-analyze compare-versions exits 12 when the first is older.
 	err = exec.Command(analyze, "compare-versions", v, "2.0.0").Run()

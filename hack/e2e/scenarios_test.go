@@ -207,16 +207,11 @@ func scenarioPanic(t *testing.T, l *lab) {
 
 var progressRE = regexp.MustCompile(`msg="install progress".*version=5\.0\.0.*phase=download.*written=(\d+) total=(\d+)`)
 
-// progressAt returns a stop function that is true on the first download progress line of version 5.0.0
-// at or past fraction of the image, and records the blocks written by then.
+// progressAt returns a stop function that is true on the first download progress line at or past
+// fraction of the image, and records the blocks written by then.
 func progressAt(fraction float64, written *int) func(string, *serialLog) bool {
-	return progressOf(progressRE, fraction, written)
-}
-
-// progressOf is progressAt for the version re matches.
-func progressOf(re *regexp.Regexp, fraction float64, written *int) func(string, *serialLog) bool {
 	return func(line string, _ *serialLog) bool {
-		m := re.FindStringSubmatch(line)
+		m := progressRE.FindStringSubmatch(line)
 		if m == nil {
 			return false
 		}

@@ -195,6 +195,10 @@ func (a *Agent) open(ctx context.Context, readOnly bool) (*session, error) {
 		return nil, err
 	}
 	d := s.disk
+	entries, err := sdboot.List(d.ESP)
+	if err != nil {
+		return nil, err
+	}
 	if a.ImageMode {
 		s.booted, err = d.BootedEntry(a.Config.Name)
 		if err == nil {
@@ -212,7 +216,6 @@ func (a *Agent) open(ctx context.Context, readOnly bool) (*session, error) {
 		s.version = install.CmdlineValue(cmdline, "basalt.version")
 		s.booted, err = d.ActiveFromCmdline(cmdline)
 		if err == nil {
-			entries, _ := sdboot.List(d.ESP)
 			s.booted.Entry, _ = sdboot.Find(entries, a.Config.Name, s.version)
 		}
 	}
@@ -221,10 +224,6 @@ func (a *Agent) open(ctx context.Context, readOnly bool) (*session, error) {
 	}
 	if err := images.ValidateSemver(s.version); err != nil {
 		return nil, fmt.Errorf("running version: %w", err)
-	}
-	entries, err := sdboot.List(d.ESP)
-	if err != nil {
-		return nil, err
 	}
 	facts := state.Facts{Name: a.Config.Name, Booted: s.version, Entries: entries, BootedSlot: s.booted.Slot, InactiveSlot: install.OtherSlot(s.booted.Slot)}
 	s.st, s.rebuilt, err = state.LoadOrRebuild(a.StatePath(), facts, a.log())

@@ -365,7 +365,7 @@ func (in *Installer) Switch(ctx context.Context) error {
 			return fmt.Errorf("read existing entry %s: %w", e.FileName(), err)
 		}
 		if sum := sha256.Sum256(have); hex.EncodeToString(sum[:]) == m.UKI.SHA256 {
-			if err := checkUKI(have, m); err != nil {
+			if _, err := checkUKI(have, m); err != nil {
 				return err
 			}
 			if !e.Bad() {
@@ -382,10 +382,11 @@ func (in *Installer) Switch(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := checkUKI(uki, m); err != nil {
+	info, err := checkUKI(uki, m)
+	if err != nil {
 		return err
 	}
-	if err := in.checkBootsFirst(uki, fresh); err != nil {
+	if err := in.checkBootsFirst(info, fresh); err != nil {
 		return err
 	}
 	if err := in.checkFirmware(uki); err != nil {
@@ -418,11 +419,7 @@ var ErrNotFirst = sdboot.ErrNotFirst
 
 // checkBootsFirst refuses the switch unless systemd-boot, reading the .osrel of every installed UKI and
 // of the new one, would boot the new entry first.
-func (in *Installer) checkBootsFirst(uki []byte, fresh sdboot.Entry) error {
-	info, err := ukifile.Read(bytes.NewReader(uki))
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrTampered, err)
-	}
+func (in *Installer) checkBootsFirst(info *ukifile.Info, fresh sdboot.Entry) error {
 	o, err := sdboot.ParseOSRel(info.OSRelRaw)
 	if err != nil {
 		return fmt.Errorf("%w: the new UKI: %w", ErrRefused, err)
@@ -470,16 +467,16 @@ func (in *Installer) checkFirmware(uki []byte) error {
 
 // checkUKI checks, before the switch, that the UKI boots the release the manifest describes: the root
 // hash on its signed command line is the one the slot was just verified against, and its version is the
-// manifest's (bootloader/ukifile.CheckManifest).
-func checkUKI(uki []byte, m *images.Manifest) error {
+// manifest's (bootloader/ukifile.CheckManifest). It returns what it read of the UKI.
+func checkUKI(uki []byte, m *images.Manifest) (*ukifile.Info, error) {
 	info, err := ukifile.Read(bytes.NewReader(uki))
 	if err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrTampered, m.UKI.Path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrTampered, m.UKI.Path, err)
 	}
 	if err := info.CheckManifest(m); err != nil {
-		return fmt.Errorf("%w: %w", ErrTampered, err)
+		return nil, fmt.Errorf("%w: %w", ErrTampered, err)
 	}
-	return nil
+	return info, nil
 }
 
 // pointWriter writes and syncs the disk and calls point after each write ("gpt-write-N").

@@ -102,6 +102,20 @@ func PartitionDev(sysRoot, disk string, number int) (dev string, ok bool, err er
 
 var errNoPartitionDev = errors.New("no partition device")
 
+// mountPoints reads the mountinfo file and returns where the device dev ("major:minor") is mounted.
+func mountPoints(mountInfo, dev string) ([]string, error) {
+	f, err := os.Open(mountInfo)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	mounts, err := ReadMounts(f)
+	if err != nil {
+		return nil, err
+	}
+	return MountsOf(mounts, dev), nil
+}
+
 // MountsOf returns where the device dev ("major:minor") is mounted, from mountinfo.
 func MountsOf(mounts []Mount, dev string) []string {
 	var out []string
@@ -149,16 +163,10 @@ func espMount(sysRoot, mountInfo, disk, configured string) (string, error) {
 	if !isBlock {
 		return configured, nil
 	}
-	f, err := os.Open(mountInfo)
+	at, err := mountPoints(mountInfo, dev)
 	if err != nil {
 		return "", fmt.Errorf("find the ESP's mount: %w", err)
 	}
-	mounts, err := ReadMounts(f)
-	f.Close()
-	if err != nil {
-		return "", err
-	}
-	at := MountsOf(mounts, dev)
 	if configured == "" {
 		if len(at) == 0 {
 			return "", nil
@@ -205,16 +213,11 @@ func checkUnused(sysRoot, mountInfo, disk string, number int) error {
 	if err != nil || !isBlock {
 		return err
 	}
-	f, err := os.Open(mountInfo)
+	at, err := mountPoints(mountInfo, dev)
 	if err != nil {
 		return fmt.Errorf("check partition %d of %s: %w", number, disk, err)
 	}
-	mounts, err := ReadMounts(f)
-	f.Close()
-	if err != nil {
-		return err
-	}
-	if at := MountsOf(mounts, dev); len(at) > 0 {
+	if len(at) > 0 {
 		return fmt.Errorf("%w: partition %d of %s is mounted on %s", ErrMounted, number, disk, strings.Join(at, ", "))
 	}
 	holders, _ := os.ReadDir(filepath.Join(sysRoot, "dev/block", dev, "holders"))

@@ -514,23 +514,6 @@ func TestExpiredIntermediateRoot(t *testing.T) {
 	}
 }
 
-// rootExpiring builds root version v with key for every role, expiring at exp, signed by signers.
-func rootExpiring(t *testing.T, v int64, key *metadata.Key, exp time.Time, signers ...signature.Signer) []byte {
-	t.Helper()
-	m := mustRoot(t, rootV(t, v, key))
-	m.Signed.Expires = exp
-	for _, s := range signers {
-		if _, err := m.Sign(s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err := m.ToBytes(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestRootChainUnwritable: a rotation the client cannot store in the chain (here the chain folder is a
 // file) fails the refresh as this device's problem, not the repository's; the next run with a usable
 // cache stores it.

@@ -398,10 +398,17 @@ func TestCustomMismatch(t *testing.T) {
 	}
 }
 
-// rootV builds root metadata version v with key for every role, signed by signers.
+// rootV builds root metadata version v with key for every role, expiring a year after t0, signed by
+// signers.
 func rootV(t *testing.T, v int64, key *metadata.Key, signers ...signature.Signer) []byte {
 	t.Helper()
-	root := metadata.Root(t0.Add(365 * 24 * time.Hour))
+	return rootExpiring(t, v, key, t0.Add(365*24*time.Hour), signers...)
+}
+
+// rootExpiring is rootV expiring at exp.
+func rootExpiring(t *testing.T, v int64, key *metadata.Key, exp time.Time, signers ...signature.Signer) []byte {
+	t.Helper()
+	root := metadata.Root(exp)
 	root.Signed.Version = v
 	for _, role := range []string{metadata.ROOT, metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {
 		if err := root.Signed.AddKey(key, role); err != nil {
