@@ -189,10 +189,13 @@ func AlgorithmOf(pub crypto.PublicKey) (Algorithm, error) {
 		}
 		return "", fmt.Errorf("%w: ECDSA curve %s (want P-256)", ErrKeyType, k.Curve.Params().Name)
 	case *rsa.PublicKey:
-		if k.N.BitLen() == 2048 {
+		switch k.N.BitLen() {
+		case 2048:
 			return RSA2048, nil
+		case 3072:
+			return RSA3072, nil
 		}
-		return "", fmt.Errorf("%w: RSA %d bits (want 2048)", ErrKeyType, k.N.BitLen())
+		return "", fmt.Errorf("%w: RSA %d bits (want 2048 or 3072)", ErrKeyType, k.N.BitLen())
 	}
 	return "", fmt.Errorf("%w: unsupported key %T", ErrKeyType, pub)
 }

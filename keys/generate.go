@@ -19,6 +19,9 @@ import (
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/keys/recovery"
 )
 
 // GenerateKey makes a new private key of the given algorithm, reading randomness from rand. Ed25519
@@ -44,8 +47,14 @@ func GenerateKey(alg Algorithm, rand io.Reader) (crypto.Signer, error) {
 			return nil, fmt.Errorf("generate rsa-2048 key: %w", err)
 		}
 		return k, nil
+	case RSA3072:
+		k, err := rsa.GenerateKey(rand, 3072)
+		if err != nil {
+			return nil, fmt.Errorf("generate rsa-3072 key: %w", err)
+		}
+		return k, nil
 	}
-	return nil, fmt.Errorf("unknown algorithm %q (want %s, %s or %s)", alg, Ed25519, ECDSAP256, RSA2048)
+	return nil, fmt.Errorf("unknown algorithm %q (want %s, %s, %s or %s)", alg, Ed25519, ECDSAP256, RSA2048, RSA3072)
 }
 
 // TUFKey returns the TUF metadata form of a public key.
@@ -109,8 +118,10 @@ func LoadTUFSigner(name string) (signature.Signer, string, error) {
 	return s, id, nil
 }
 
-// PublicKeyFingerprint is the hex sha256 of a public key's DER SubjectPublicKeyInfo (the fingerprint
-// systemd uses for PCR-policy keys).
+// PublicKeyFingerprint is the hex sha256 of a public key's DER SubjectPublicKeyInfo (what
+// `openssl pkey -pubin -outform DER | sha256sum` prints). It is the index's key ID of a PCR-policy key.
+// It is NOT systemd's fingerprint of that key (the `pkfp` of .pcrsig), which hashes the PKCS #1
+// RSAPublicKey instead: use PCRKeyFingerprint for that.
 func PublicKeyFingerprint(pub crypto.PublicKey) (string, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
@@ -118,6 +129,29 @@ func PublicKeyFingerprint(pub crypto.PublicKey) (string, error) {
 	}
 	sum := sha256.Sum256(der)
 	return hex.EncodeToString(sum[:]), nil
+}
+
+// PCRKeyFingerprint is systemd's fingerprint of a PCR-policy key, the `pkfp` of a UKI's .pcrsig, of
+// the manifest's measuredBoot.pcrKey and of the "wrong-key" messages: the hex sha256 of the PKCS #1
+// RSAPublicKey DER (OpenSSL's i2d_PublicKey; `openssl rsa -pubin -RSAPublicKey_out -outform der`).
+// PCR-policy keys are RSA: any other key is refused.
+func PCRKeyFingerprint(pub crypto.PublicKey) (string, error) {
+	k, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return "", fmt.Errorf("%w: PCR-policy key fingerprint of a %T: PCR-policy keys are RSA", ErrKeyType, pub)
+	}
+	return images.PCRKeyFingerprint(k), nil
+}
+
+// RecoveryKeyFingerprint is the key ID of a recovery key: the hex sha256 of its PKCS #1 RSAPublicKey
+// DER (recovery.Fingerprint), the keyFingerprint an escrow file records, so that an escrow names the
+// key that opens it.
+func RecoveryKeyFingerprint(pub crypto.PublicKey) (string, error) {
+	k, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return "", fmt.Errorf("%w: recovery key fingerprint of a %T: recovery keys are RSA", ErrKeyType, pub)
+	}
+	return recovery.Fingerprint(k), nil
 }
 
 // CertOptions describes the Secure Boot signing certificate.

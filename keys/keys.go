@@ -1,5 +1,6 @@
-// Package keys generates, stores and loads Basalt's signing keys: the TUF role keys (root, targets,
-// snapshot, timestamp), the Secure Boot signing key and certificate, and the PCR-policy signing key.
+// Package keys generates, stores and loads Basalt's keys: the TUF role keys (root, targets, snapshot,
+// timestamp), the Secure Boot signing key and certificate, the PCR-policy signing key, and the fleet's
+// recovery key (the RSA key that device recovery keys are escrowed to).
 //
 // A key folder holds one PEM file per private key (PKCS #8, mode 0600, created with O_EXCL and never
 // widened), one PEM file per public key or certificate, and an index (index.json for programs,
@@ -16,6 +17,7 @@ package keys
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Role is what a key is used for.
@@ -29,6 +31,9 @@ const (
 	RoleTimestamp  Role = "timestamp"
 	RoleSecureBoot Role = "secureboot"
 	RolePCRPolicy  Role = "pcr-policy"
+	// RoleRecovery is the fleet's recovery key: devices encrypt their LUKS2 recovery key to its public
+	// half (escrow), and its private half, kept offline, decrypts an escrow (basalt recovery decrypt).
+	RoleRecovery Role = "recovery"
 )
 
 // TUFRoles are the TUF top-level roles, in the order a repository signs them at creation.
@@ -50,20 +55,31 @@ type Algorithm string
 const (
 	// Ed25519 is the default for TUF role keys.
 	Ed25519 Algorithm = "ed25519"
-	// ECDSAP256 is ECDSA on NIST P-256 with SHA-256 (TUF roles; PCR policy).
+	// ECDSAP256 is ECDSA on NIST P-256 with SHA-256 (TUF roles).
 	ECDSAP256 Algorithm = "ecdsa-p256"
-	// RSA2048 is RSA with a 2048-bit modulus (Secure Boot, as UEFI firmware expects; PCR policy).
+	// RSA2048 is RSA with a 2048-bit modulus (Secure Boot, as UEFI firmware expects; PCR policy, as
+	// systemd and the TPM's PolicyAuthorize verify it: RSASSA-PKCS1-v1.5 with SHA-256).
 	RSA2048 Algorithm = "rsa-2048"
+	// RSA3072 is RSA with a 3072-bit modulus (the recovery key: RSA-OAEP with SHA-256).
+	RSA3072 Algorithm = "rsa-3072"
 )
 
-// allowed lists the algorithms each role accepts.
+// allowed lists the algorithms each role accepts for new keys.
 var allowed = map[Role][]Algorithm{
 	RoleRoot:       {Ed25519, ECDSAP256},
 	RoleTargets:    {Ed25519, ECDSAP256},
 	RoleSnapshot:   {Ed25519, ECDSAP256},
 	RoleTimestamp:  {Ed25519, ECDSAP256},
 	RoleSecureBoot: {RSA2048},
-	RolePCRPolicy:  {RSA2048, ECDSAP256},
+	// systemd verifies PCR policy signatures as RSASSA only, and Basalt keeps one code path.
+	RolePCRPolicy: {RSA2048},
+	RoleRecovery:  {RSA3072},
+}
+
+// legacy lists algorithms that older basalt versions made for a role and that an index may still
+// record: such a folder opens, but its key cannot be loaded for use (see checkUsable).
+var legacy = map[Role][]Algorithm{
+	RolePCRPolicy: {ECDSAP256},
 }
 
 // CheckAlgorithm reports whether a role may use an algorithm.
@@ -72,13 +88,18 @@ func CheckAlgorithm(r Role, a Algorithm) error {
 	if !ok {
 		return fmt.Errorf("unknown key role %q", r)
 	}
-	for _, x := range list {
-		if x == a {
-			return nil
-		}
+	if slices.Contains(list, a) {
+		return nil
 	}
-	return fmt.Errorf("%w: a %s key cannot be %s (want one of %v)", ErrKeyType, r, a, list)
+	why := ""
+	if r == RolePCRPolicy {
+		why = ": systemd and Basalt verify PCR-policy signatures as RSASSA only"
+	}
+	return fmt.Errorf("%w: a %s key cannot be %s (want one of %v)%s", ErrKeyType, r, a, list, why)
 }
+
+// isLegacy reports whether a role's algorithm is one an older basalt made and this one no longer uses.
+func isLegacy(r Role, a Algorithm) bool { return slices.Contains(legacy[r], a) }
 
 // Errors a caller can test with errors.Is.
 var (

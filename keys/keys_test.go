@@ -341,8 +341,8 @@ func TestExportPublic(t *testing.T) {
 
 func TestECDSAKeysSignTUF(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "k")
-	s, err := Init(dir, InitOptions{Algorithm: ECDSAP256, PCRAlgorithm: ECDSAP256, Now: testNow, Rand: rand.Reader,
-		Roles: []Role{RoleRoot, RoleTargets, RolePCRPolicy}})
+	s, err := Init(dir, InitOptions{Algorithm: ECDSAP256, Now: testNow, Rand: rand.Reader,
+		Roles: []Role{RoleRoot, RoleTargets}})
 	if err != nil {
 		t.Fatal(err)
 	}

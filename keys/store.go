@@ -5,6 +5,7 @@ import (
 
 	"bytes"
 	"crypto"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -40,8 +41,15 @@ type Entry struct {
 	Name      string    `json:"name"`
 	Role      Role      `json:"role"`
 	Algorithm Algorithm `json:"algorithm"`
-	// KeyID is the TUF key ID for TUF roles, the sha256 of the DER certificate for the Secure Boot
-	// key, and the sha256 of the DER public key for the PCR-policy key.
+	// KeyID identifies the key; what it hashes depends on the role:
+	//   - root, targets, snapshot, timestamp: the TUF key ID (sha256 of the key's canonical JSON);
+	//   - secureboot: the sha256 of the DER certificate;
+	//   - pcr-policy: the sha256 of the DER SubjectPublicKeyInfo (PublicKeyFingerprint). This is NOT
+	//     systemd's `pkfp` (PCRKeyFingerprint, over the PKCS #1 key), which .pcrsig, manifests and
+	//     devices' messages show; README.txt and `basalt keys list` print both. Index files written
+	//     before pkfp existed use this ID, and Open checks every key against its ID, so it stays;
+	//   - recovery: the sha256 of the PKCS #1 RSAPublicKey DER (RecoveryKeyFingerprint), which is
+	//     the keyFingerprint an escrow file records.
 	KeyID string `json:"keyID"`
 	// Private is the private key's PEM file (mode 0600). It may be absent from a split folder.
 	Private string `json:"private"`
@@ -54,7 +62,9 @@ type Entry struct {
 	NotAfter *time.Time `json:"notAfter,omitempty"`
 	// Offline says the private key is meant to be kept off any networked host.
 	Offline bool `json:"offline"`
-	// Retired marks a TUF key that a key rotation replaced; the repository no longer trusts it.
+	// Retired marks a key that a newer key of its role replaced: a TUF key after a rotation (the
+	// repository no longer trusts it), an earlier Secure Boot key, an ECDSA PCR-policy key, an earlier
+	// recovery key (still needed for the escrows made for it).
 	Retired bool      `json:"retired,omitempty"`
 	Created time.Time `json:"created"`
 }
@@ -80,7 +90,8 @@ type InitOptions struct {
 	RootThreshold int
 	// Algorithm is the TUF role keys' algorithm: Ed25519 (default) or ECDSAP256.
 	Algorithm Algorithm
-	// PCRAlgorithm is the PCR-policy key's algorithm: RSA2048 (default) or ECDSAP256.
+	// PCRAlgorithm is the PCR-policy key's algorithm: RSA2048, the default and the only one allowed
+	// (systemd verifies PCR policy signatures as RSASSA only).
 	PCRAlgorithm Algorithm
 	// SecureBootCN is the Secure Boot certificate's common name (default "Basalt Secure Boot signing key").
 	SecureBootCN string
@@ -90,9 +101,18 @@ type InitOptions struct {
 	CertValidity time.Duration
 	// Rand is the source of randomness for key generation (required; crypto/rand.Reader in practice).
 	Rand io.Reader
-	// Roles restricts which keys are made; nil means all of them.
+	// Roles restricts which keys are made; nil means DefaultRoles. RoleRecovery in Roles is the same as
+	// WithRecovery.
 	Roles []Role
+	// WithRecovery also makes the fleet recovery key (RSA-3072). Its private half opens the escrowed
+	// recovery key of any device, so it is made only on request, in the folder of the offline machine
+	// where it will be kept (the key is marked OFFLINE, like the root keys).
+	WithRecovery bool
 }
+
+// DefaultRoles are the roles Init makes keys for when InitOptions.Roles is nil: every role but
+// RoleRecovery, which is made only on request (InitOptions.WithRecovery, or Store.Generate later).
+var DefaultRoles = []Role{RoleRoot, RoleTargets, RoleSnapshot, RoleTimestamp, RoleSecureBoot, RolePCRPolicy}
 
 // DefaultSecureBootCN is the Secure Boot certificate's default common name.
 const DefaultSecureBootCN = "Basalt Secure Boot signing key"
@@ -136,7 +156,19 @@ func Init(dir string, opts InitOptions) (*Store, error) {
 	if err := CheckAlgorithm(RolePCRPolicy, opts.PCRAlgorithm); err != nil {
 		return nil, fmt.Errorf("keys init: %w", err)
 	}
-	want := func(r Role) bool { return opts.Roles == nil || slices.Contains(opts.Roles, r) }
+	roles := opts.Roles
+	if roles == nil {
+		roles = DefaultRoles
+	}
+	if opts.WithRecovery && !slices.Contains(roles, RoleRecovery) {
+		roles = append(slices.Clone(roles), RoleRecovery)
+	}
+	for _, r := range roles {
+		if _, ok := allowed[r]; !ok {
+			return nil, fmt.Errorf("keys init: unknown key role %q", r)
+		}
+	}
+	want := func(r Role) bool { return slices.Contains(roles, r) }
 
 	if err := makeKeyDir(dir); err != nil {
 		return nil, err
@@ -167,6 +199,11 @@ func Init(dir string, opts InitOptions) (*Store, error) {
 	}
 	if want(RolePCRPolicy) {
 		if _, err := s.add(RolePCRPolicy, string(RolePCRPolicy), opts.PCRAlgorithm, opts.Rand, opts.Now, nil); err != nil {
+			return nil, err
+		}
+	}
+	if want(RoleRecovery) {
+		if _, err := s.add(RoleRecovery, string(RoleRecovery), RSA3072, opts.Rand, opts.Now, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -230,7 +267,7 @@ func Open(dir string) (*Store, error) {
 				return nil, fmt.Errorf("%s: key %s: file %q must be a plain name in the folder", filepath.Join(dir, IndexFile), e.Name, f)
 			}
 		}
-		if err := CheckAlgorithm(e.Role, e.Algorithm); err != nil {
+		if err := CheckAlgorithm(e.Role, e.Algorithm); err != nil && !isLegacy(e.Role, e.Algorithm) {
 			return nil, fmt.Errorf("%s: key %s: %w", filepath.Join(dir, IndexFile), e.Name, err)
 		}
 	}
@@ -307,10 +344,14 @@ func (s *Store) PublicKey(name string) (crypto.PublicKey, error) {
 }
 
 // PrivateKey loads a key's private half: the file must be mode 0600 (no group or other access), hold
-// the index's algorithm and match the index's key ID.
+// the index's algorithm and match the index's key ID. A key of an algorithm its role no longer uses
+// (an ECDSA PCR-policy key made by an older basalt) is refused with what to do instead.
 func (s *Store) PrivateKey(name string) (crypto.Signer, error) {
 	e, err := s.Entry(name)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.checkUsable(e); err != nil {
 		return nil, err
 	}
 	file := s.Path(e.Private)
@@ -325,6 +366,16 @@ func (s *Store) PrivateKey(name string) (crypto.Signer, error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+// checkUsable refuses a key whose algorithm its role no longer uses.
+func (s *Store) checkUsable(e Entry) error {
+	if !isLegacy(e.Role, e.Algorithm) {
+		return nil
+	}
+	return fmt.Errorf("%s key %s is %s: %w: PCR policies must be signed with an %s key (systemd and the TPM checks verify "+
+		"RSASSA signatures only); generate one with `basalt keys add pcr-policy --dir %s`, which retires %s",
+		e.Role, e.Name, e.Algorithm, ErrKeyType, RSA2048, s.dir, e.Name)
 }
 
 // checkPublic checks that a key found in file is the index entry's key.
@@ -349,6 +400,8 @@ func (s *Store) checkPublic(e Entry, file string, pub crypto.PublicKey) error {
 			}
 			id = certID(c.Raw)
 		}
+	case e.Role == RoleRecovery:
+		id, err = RecoveryKeyFingerprint(pub)
 	default:
 		id, err = PublicKeyFingerprint(pub)
 	}
@@ -407,14 +460,84 @@ func (s *Store) SecureBoot() (key crypto.Signer, cert *x509.Certificate, keyFile
 	return key, cert, s.Path(e.Private), s.Path(e.Public), nil
 }
 
-// PCRPolicyKey returns the PCR-policy signing key (the first one not retired) and its entry.
+// PCRPolicyKey returns the PCR-policy signing key (the first one not retired) and its entry. The key
+// is an *rsa.PrivateKey of 2048 bits; an ECDSA key left by an older basalt is refused with a message
+// saying how to make an RSA one.
 func (s *Store) PCRPolicyKey() (crypto.Signer, Entry, error) {
 	es := s.Role(RolePCRPolicy)
 	if len(es) == 0 {
-		return nil, Entry{}, fmt.Errorf("%w: no PCR-policy key in %s", ErrUnknownKey, s.dir)
+		return nil, Entry{}, fmt.Errorf("%w: no PCR-policy key in %s (add one with `basalt keys add pcr-policy --dir %s`)", ErrUnknownKey, s.dir, s.dir)
 	}
 	k, err := s.PrivateKey(es[0].Name)
-	return k, es[0], err
+	if err != nil {
+		return nil, es[0], err
+	}
+	if _, ok := k.(*rsa.PrivateKey); !ok {
+		return nil, es[0], fmt.Errorf("%s: %w: PCR-policy key %s is a %T, want RSA", s.Path(es[0].Private), ErrKeyType, es[0].Name, k)
+	}
+	return k, es[0], nil
+}
+
+// RecoveryKey returns the fleet recovery key (the first one not retired) and its entry. Its private
+// file is normally absent except on the offline machine where it is kept (ErrNoPrivateKey says so).
+// An escrow made for a retired recovery key is opened with RecoveryKeyByID.
+func (s *Store) RecoveryKey() (*rsa.PrivateKey, Entry, error) {
+	e, err := s.recoveryEntry()
+	if err != nil {
+		return nil, Entry{}, err
+	}
+	k, err := s.recoveryPrivate(e)
+	return k, e, err
+}
+
+// RecoveryKeyByID returns the recovery key, retired or not, whose key ID is id: the keyFingerprint
+// an escrow file records (RecoveryKeyFingerprint).
+func (s *Store) RecoveryKeyByID(id string) (*rsa.PrivateKey, Entry, error) {
+	for _, e := range s.index.Keys {
+		if e.Role == RoleRecovery && e.KeyID == id {
+			k, err := s.recoveryPrivate(e)
+			return k, e, err
+		}
+	}
+	return nil, Entry{}, fmt.Errorf("%w: no recovery key with fingerprint %s in %s", ErrUnknownKey, short(id), s.dir)
+}
+
+func (s *Store) recoveryPrivate(e Entry) (*rsa.PrivateKey, error) {
+	k, err := s.PrivateKey(e.Name)
+	if err != nil {
+		return nil, err
+	}
+	rk, ok := k.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s: %w: recovery key %s is a %T, want RSA", s.Path(e.Private), ErrKeyType, e.Name, k)
+	}
+	return rk, nil
+}
+
+// RecoveryPublicKey returns the public half of the fleet recovery key (the first one not retired) and
+// its entry. s.Path(entry.Public) is the PEM file an image config's tpm.recoveryKey names.
+func (s *Store) RecoveryPublicKey() (*rsa.PublicKey, Entry, error) {
+	e, err := s.recoveryEntry()
+	if err != nil {
+		return nil, Entry{}, err
+	}
+	pub, err := s.PublicKey(e.Name)
+	if err != nil {
+		return nil, e, err
+	}
+	rk, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return nil, e, fmt.Errorf("%s: %w: recovery key %s is a %T, want RSA", s.Path(e.Public), ErrKeyType, e.Name, pub)
+	}
+	return rk, e, nil
+}
+
+func (s *Store) recoveryEntry() (Entry, error) {
+	es := s.Role(RoleRecovery)
+	if len(es) == 0 {
+		return Entry{}, fmt.Errorf("%w: no recovery key in %s (make one where it will be kept offline: `basalt keys add recovery --dir DIR`)", ErrUnknownKey, s.dir)
+	}
+	return es[0], nil
 }
 
 // TUFSigner loads a TUF key's private half as a signer for go-tuf.
@@ -433,18 +556,41 @@ func (s *Store) TUFSigner(name string) (signature.Signer, error) {
 	return TUFSigner(k)
 }
 
-// Generate makes a new key for a role (a rotation), writes its files and records it in the index.
-// Its name is the role's next free name ("targets-2", "root-4", ...).
+// Generate makes a new key for a role, writes its files and records it in the index. Its name is the
+// role's next free name ("targets-2", "root-4", "recovery", ...).
+//
+// TUF keys: a rotation; the caller retires the old key once the new root is signed. PCR-policy key:
+// made only when the folder has none in use; it retires an ECDSA key left by an older basalt, but
+// never an RSA one, since devices seal their state to the key that signs their images and rotating
+// it is not supported. Recovery key: the new key replaces the one in use, which is retired (its
+// files stay: escrows made for it still need it).
 func (s *Store) Generate(r Role, alg Algorithm, rand io.Reader, now time.Time) (Entry, error) {
-	if !r.IsTUF() && r != RolePCRPolicy {
+	if !r.IsTUF() && r != RolePCRPolicy && r != RoleRecovery {
 		return Entry{}, fmt.Errorf("generate: %s keys are made by keys init only", r)
 	}
 	if err := checkDir(s.dir); err != nil {
 		return Entry{}, err
 	}
+	var replace []int
+	for i, e := range s.index.Keys {
+		if e.Role != r || e.Retired {
+			continue
+		}
+		switch {
+		case r == RolePCRPolicy && !isLegacy(e.Role, e.Algorithm):
+			return Entry{}, fmt.Errorf("generate: %s already has the PCR-policy key %s (%s); devices seal their state to "+
+				"the key that signs their images, so images signed by a new key would not unlock them (rotating the "+
+				"PCR-policy key is not supported)", s.dir, e.Name, e.Algorithm)
+		case r == RolePCRPolicy || r == RoleRecovery:
+			replace = append(replace, i)
+		}
+	}
 	e, err := s.add(r, s.nextName(r), alg, rand, now, nil)
 	if err != nil {
 		return Entry{}, err
+	}
+	for _, i := range replace {
+		s.index.Keys[i].Retired = true
 	}
 	if err := s.writeIndex(); err != nil {
 		return Entry{}, err
@@ -505,7 +651,7 @@ func (s *Store) add(r Role, name string, alg Algorithm, rand io.Reader, now time
 	e := Entry{
 		Name: name, Role: r, Algorithm: alg,
 		Private: name + ".key", Public: name + ".pub",
-		Offline: r == RoleRoot,
+		Offline: r == RoleRoot || r == RoleRecovery,
 		Created: now.UTC().Truncate(time.Second),
 	}
 	priv, err := encodePrivate(k)
@@ -540,7 +686,12 @@ func (s *Store) add(r Role, name string, alg Algorithm, rand io.Reader, now time
 			return Entry{}, err
 		}
 	default:
-		if e.KeyID, err = PublicKeyFingerprint(k.Public()); err != nil {
+		if r == RoleRecovery {
+			e.KeyID, err = RecoveryKeyFingerprint(k.Public())
+		} else {
+			e.KeyID, err = PublicKeyFingerprint(k.Public())
+		}
+		if err != nil {
 			return Entry{}, err
 		}
 		if pub, err = encodePublic(k.Public()); err != nil {
@@ -578,7 +729,7 @@ func (s *Store) writeIndex() error {
 	if err := atomicfile.WriteFile(s.Path(IndexFile), append(data, '\n'), PublicMode); err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(s.Path(ReadmeFile), []byte(s.index.Readme()), PublicMode)
+	return atomicfile.WriteFile(s.Path(ReadmeFile), []byte(s.Readme()), PublicMode)
 }
 
 // ExportPublic writes every public key and certificate, the index and the README into out: what may
@@ -614,5 +765,5 @@ func (s *Store) ExportPublic(out string) error {
 	if err := atomicfile.WriteFile(filepath.Join(out, IndexFile), append(data, '\n'), PublicMode); err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(filepath.Join(out, ReadmeFile), []byte(s.index.Readme()), PublicMode)
+	return atomicfile.WriteFile(filepath.Join(out, ReadmeFile), []byte(s.Readme()), PublicMode)
 }
