@@ -2,6 +2,9 @@ package images
 
 import (
 	"bytes"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +36,8 @@ type Config struct {
 	Disk       Disk     `yaml:"disk"`
 	Payload    Payload  `yaml:"payload"`
 	Trust      Trust    `yaml:"trust"`
+	Security   Security `yaml:"security"`
+	TPM        TPM      `yaml:"tpm"`
 
 	// Dir is the folder of the config file; relative host paths resolve against it. Not read from YAML.
 	Dir string `yaml:"-"`
@@ -147,6 +152,118 @@ type Payload struct {
 type Trust struct {
 	// Root is a host path of the TUF root.json baked into the image (under /usr/share/basalt/).
 	Root string `yaml:"root"`
+}
+
+// Security holds the image's place in the fleet's anti-rollback scheme.
+type Security struct {
+	// Epoch is the image's security epoch, 0 to 63 (default 0), signed into its PCR 11 policy.
+	//
+	// Epochs are NOT versions: most releases keep the epoch of the one before. Raise it only when a
+	// release must lock out every older one, typically because they have a vulnerability that could
+	// leak the state partition's key. Once a device has booted a blessed image of epoch e, basalt-init
+	// marks the epochs below e revoked in the TPM, and images of those epochs can no longer open its
+	// state partition, although their signatures stay valid. Epochs only rise: there are 64 of them.
+	Epoch int `yaml:"epoch"`
+}
+
+// UnmarshalYAML reads the security section strictly: unknown keys are refused, and the epoch must be
+// a YAML integer (the decoder would otherwise truncate 1.5 to 1).
+func (s *Security) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: security: want a mapping", n.Line)
+	}
+	var out Security
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "epoch":
+			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" {
+				return fmt.Errorf("line %d: security.epoch %q: want a whole number from 0 to %d", v.Line, v.Value, MaxEpoch)
+			}
+			if err := v.Decode(&out.Epoch); err != nil {
+				return fmt.Errorf("line %d: security.epoch: %w", v.Line, err)
+			}
+		default:
+			return fmt.Errorf("line %d: field %s not found in type images.Security", k.Line, k.Value)
+		}
+	}
+	*s = out
+	return nil
+}
+
+// TPM says how the image's initrd treats the TPM and the encrypted state partition. An image config
+// without this section gets the defaults.
+type TPM struct {
+	// Required keeps state locked on a device with no TPM, or when the image has no PCR signature,
+	// instead of provisioning an unencrypted state partition. Default: true when the image is built
+	// with a PCR-policy key (basalt build --keys), false otherwise. Set false only for lab images.
+	Required *bool `yaml:"required"`
+	// SecureBootPCR binds newly sealed state keys to PCR 7 (Secure Boot state and databases) as well
+	// as to the signed PCR 11 policy. Default true.
+	//
+	// The trade-off: with PCR 7 bound, a change of the firmware's Secure Boot databases (a dbx update
+	// pushed by the firmware vendor or fwupd, a new KEK or db entry) changes PCR 7, and the next boot
+	// needs the recovery key (after which basalt-init reseals for the new PCR 7 when Secure Boot is
+	// on). Without PCR 7, anyone who can disable Secure Boot (firmware setup, physical access) can run
+	// code before systemd-stub and extend PCR 11 to the signed value, i.e. forge the measurement that
+	// unlocks state. Set false only for fleets whose firmware vendor pushes dbx updates you cannot
+	// stage, and protect the firmware setup instead.
+	SecureBootPCR *bool `yaml:"secureBootPCR"`
+	// RecoveryKey is a host path of the fleet's recovery PUBLIC key (PEM, RSA-3072). Each device's
+	// recovery key is escrowed to it (RSA-OAEP-SHA-256). Unset: the build warns, and nobody but the
+	// device's console (with RecoveryPrint) ever sees a recovery key.
+	RecoveryKey string `yaml:"recoveryKey"`
+	// RecoveryPrint prints a new recovery key once on the console when state is provisioned (lab
+	// images; anyone watching the console can read it).
+	RecoveryPrint bool `yaml:"recoveryPrint"`
+}
+
+// RecoveryKeyBits is the size of the fleet's recovery key (RSA).
+const RecoveryKeyBits = 3072
+
+// InitrdConfig returns what basalt-init reads from TPMConfigPath: signed says whether the image
+// carries a PCR signature (it was built with a PCR-policy key), recoveryKeyPEM is the recovery
+// public key as ParseRecoveryKey checked it ("" when none is configured).
+func (t TPM) InitrdConfig(signed bool, recoveryKeyPEM string) InitrdTPMConfig {
+	c := InitrdTPMConfig{Required: signed, SecureBootPCR: true, RecoveryKey: recoveryKeyPEM, RecoveryPrint: t.RecoveryPrint}
+	if t.Required != nil {
+		c.Required = *t.Required
+	}
+	if t.SecureBootPCR != nil {
+		c.SecureBootPCR = *t.SecureBootPCR
+	}
+	return c
+}
+
+// ParseRecoveryKey parses the fleet's recovery public key (tpm.recoveryKey): one PEM "PUBLIC KEY"
+// block (SubjectPublicKeyInfo), RSA-3072. It returns the key and its canonical PEM encoding.
+func ParseRecoveryKey(pemData []byte) (*rsa.PublicKey, string, error) {
+	block, rest := pem.Decode(pemData)
+	if block == nil || block.Type != "PUBLIC KEY" {
+		if block != nil && strings.Contains(block.Type, "PRIVATE") {
+			return nil, "", fmt.Errorf("recovery key: a PEM %s: give the PUBLIC key (the private key stays with the operators)", block.Type)
+		}
+		return nil, "", errors.New("recovery key: no PEM PUBLIC KEY block")
+	}
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return nil, "", errors.New("recovery key: data after the PEM block")
+	}
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, "", fmt.Errorf("recovery key: %w", err)
+	}
+	pub, ok := k.(*rsa.PublicKey)
+	if !ok {
+		return nil, "", fmt.Errorf("recovery key: %T, want RSA-%d", k, RecoveryKeyBits)
+	}
+	if pub.N.BitLen() != RecoveryKeyBits {
+		return nil, "", fmt.Errorf("recovery key: RSA-%d, want RSA-%d", pub.N.BitLen(), RecoveryKeyBits)
+	}
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, "", fmt.Errorf("recovery key: %w", err)
+	}
+	return pub, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), nil
 }
 
 // Defaults.
@@ -284,6 +401,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Disk.validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := ValidateEpoch(c.Security.Epoch); err != nil {
+		errs = append(errs, fmt.Errorf("security.epoch: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -1,10 +1,17 @@
 package images
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 const demoConfig = `name: basalt-demo
@@ -159,5 +166,93 @@ func TestKernelCmdline(t *testing.T) {
 	// YAML itself refuses most control characters; a config built in code meets ValidateCmdline.
 	if err := ValidateCmdline("console=ttyS0\x00roothash=00"); err == nil || !strings.Contains(err.Error(), "control character") {
 		t.Errorf("NUL in the command line: %v", err)
+	}
+}
+
+func TestConfigSecurityAndTPM(t *testing.T) {
+	c, err := ParseConfig([]byte(demoConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Neither section: epoch 0; required follows the PCR-policy key; PCR 7 bound.
+	if c.Security.Epoch != 0 {
+		t.Errorf("default epoch %d", c.Security.Epoch)
+	}
+	if got := c.TPM.InitrdConfig(true, ""); got != (InitrdTPMConfig{Required: true, SecureBootPCR: true}) {
+		t.Errorf("signed defaults: %+v", got)
+	}
+	if got := c.TPM.InitrdConfig(false, ""); got != (InitrdTPMConfig{Required: false, SecureBootPCR: true}) {
+		t.Errorf("unsigned defaults: %+v", got)
+	}
+	c, err = ParseConfig([]byte(demoConfig + "security:\n  epoch: 63\ntpm:\n  required: false\n  secureBootPCR: false\n  recoveryKey: keys/recovery.pub\n  recoveryPrint: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.TPM.InitrdConfig(true, "PEM"); c.Security.Epoch != 63 || got != (InitrdTPMConfig{Required: false, SecureBootPCR: false, RecoveryKey: "PEM", RecoveryPrint: true}) || c.TPM.RecoveryKey != "keys/recovery.pub" {
+		t.Errorf("epoch %d, %+v", c.Security.Epoch, got)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"security:\n  epoch: 64\n", "security.epoch: security epoch 64: want 0..63"},
+		{"security:\n  epoch: -1\n", "security epoch -1"},
+		{"security:\n  epoch: 1.5\n", "line 16: security.epoch \"1.5\": want a whole number"},
+		{"security:\n  epoch: \"2\"\n", "security.epoch \"2\""},
+		{"security:\n  version: 2\n", "field version not found"},
+		{"tpm:\n  required: maybe\n", "cannot unmarshal"},
+		{"tpm:\n  pcr7: false\n", "field pcr7 not found"},
+	} {
+		if _, err := ParseConfig([]byte(demoConfig + tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+func TestParseRecoveryKey(t *testing.T) {
+	openssl := testtool.Require(t, "openssl", "openssl")
+	const file = "../testdata/recovery-3072.pub.pem"
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, text, err := ParseRecoveryKey(append([]byte("\n"), data...))
+	if err != nil || pub.N.BitLen() != 3072 {
+		t.Fatalf("ParseRecoveryKey: %v", err)
+	}
+	// The canonical PEM is what openssl writes for the key.
+	want, err := exec.Command(openssl, "pkey", "-pubin", "-in", file).Output()
+	if err != nil || text != string(want) {
+		t.Errorf("canonical PEM %q, openssl pkey -pubin %q (%v)", text, want, err)
+	}
+	small, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&small.PublicKey)
+	privDER, _ := x509.MarshalPKCS8PrivateKey(small)
+	for _, tc := range []struct {
+		data []byte
+		want string
+	}{
+		{pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), "RSA-2048, want RSA-3072"},
+		{pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: privDER}), "give the PUBLIC key"},
+		{[]byte("hello"), "no PEM PUBLIC KEY block"},
+		{append(data, "trailing"...), "data after the PEM block"},
+		{pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte("junk")}), "recovery key:"},
+	} {
+		if _, _, err := ParseRecoveryKey(tc.data); err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "BEGIN") {
+			t.Errorf("error %v, want %q", err, tc.want)
+		}
+	}
+}
+
+// The example configs in this folder parse (their rootfs is made by hack/demo.sh, not needed here).
+func TestExampleConfigsParse(t *testing.T) {
+	files, err := filepath.Glob("*.yaml")
+	if err != nil || len(files) < 2 {
+		t.Fatalf("example configs: %v, %v", files, err)
+	}
+	for _, f := range files {
+		if _, err := LoadConfig(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
 	}
 }

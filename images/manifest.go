@@ -14,8 +14,13 @@ import (
 	"github.com/basalt-os/basalt/images/payload"
 )
 
-// ManifestSchemaVersion is the manifest format this code writes and reads.
-const ManifestSchemaVersion = 1
+// ManifestSchemaVersion is the manifest format this code writes. ParseManifest also reads schema 1
+// (before measured boot: a "pcr11" prediction instead of "measuredBoot"). Updaters that only know
+// schema 1 refuse schema 2 manifests (unknown field measuredBoot): release notes must say so.
+const ManifestSchemaVersion = 2
+
+// ManifestSchemaV1 is the first manifest format, still read.
+const ManifestSchemaV1 = 1
 
 // ManifestFile is the manifest's file name in an update folder.
 const ManifestFile = "manifest.json"
@@ -31,11 +36,122 @@ type Manifest struct {
 	// Created is the build time (SOURCE_DATE_EPOCH when set).
 	Created time.Time `json:"created"`
 
-	Root       Root        `json:"root"`
-	UKI        File        `json:"uki"`
+	Root Root `json:"root"`
+	UKI  File `json:"uki"`
+	// MeasuredBoot is what the UKI makes systemd-stub measure and what it carries to unlock state
+	// (schema 2).
+	MeasuredBoot *MeasuredBoot `json:"measuredBoot,omitempty"`
+	// PCR11 is schema 1's PCR 11 prediction, read from old manifests only; schema 2 has MeasuredBoot.
 	PCR11      *PCR        `json:"pcr11,omitempty"`
 	SBOM       *File       `json:"sbom,omitempty"`
 	Provenance *Provenance `json:"provenance,omitempty"`
+}
+
+// MeasuredBoot describes an image's measured boot (manifest schema 2): the systemd-stub it was built
+// on, PCR 11 as that stub and basalt-init leave it, and the PCR policy signature (.pcrsig) its UKI
+// carries, if any.
+type MeasuredBoot struct {
+	// Stub is the systemd-stub version, from its .sdmagic ("252.39-1~deb12u2").
+	Stub string `json:"stub"`
+	// PCRKey is the pkfp (PCRKeyFingerprint) of the PCR-policy key the UKI's policies are signed
+	// with; empty when the image is unsigned (devices will not unlock state with it).
+	PCRKey string `json:"pcrKey,omitempty"`
+	// PolicyRef is the policyRef the signatures are bound to (PolicyRef).
+	PolicyRef string `json:"policyRef"`
+	// NVIndex is the TPM rollback index the policies check, as "0x01ba5a17".
+	NVIndex string `json:"nvIndex"`
+	// Epoch is the image's security epoch (image config security.epoch).
+	Epoch int `json:"epoch"`
+	// PCR11 lists the predicted PCR 11 values per bank and phase path ("" = as the stub leaves it).
+	PCR11 []PCRValue `json:"pcr11"`
+	// PCRSig identifies the UKI's .pcrsig section; nil when unsigned.
+	PCRSig *SectionDigest `json:"pcrsig,omitempty"`
+}
+
+// PCRValue is a predicted PCR value in one bank after the words of a phase path were extended.
+type PCRValue struct {
+	Bank  string `json:"bank"`
+	Phase string `json:"phase"`
+	Value string `json:"value"` // hex
+}
+
+// SectionDigest is the sha256 of a UKI section's bytes.
+type SectionDigest struct {
+	SHA256 string `json:"sha256"`
+}
+
+// UnsignedImageNotice is what the builder and `basalt inspect` say of an image without a PCR policy
+// signature.
+const UnsignedImageNotice = "unsigned: devices will not unlock state with this image"
+
+// NVIndexString formats a TPM NV index handle as the manifest writes it.
+func NVIndexString(h uint32) string { return fmt.Sprintf("0x%08x", h) }
+
+// Signed reports whether the image carries a PCR policy signature.
+func (mb *MeasuredBoot) Signed() bool { return mb != nil && mb.PCRKey != "" }
+
+// PCR11Value returns the predicted PCR 11 (hex) for bank and phase.
+func (mb *MeasuredBoot) PCR11Value(bank Bank, phase string) (string, bool) {
+	if mb == nil {
+		return "", false
+	}
+	for _, v := range mb.PCR11 {
+		if v.Bank == string(bank) && v.Phase == phase {
+			return v.Value, true
+		}
+	}
+	return "", false
+}
+
+// Validate checks the block's consistency.
+func (mb *MeasuredBoot) Validate() error {
+	var errs []error
+	if mb.Stub == "" {
+		errs = append(errs, errors.New("manifest measuredBoot.stub: missing"))
+	}
+	if mb.PolicyRef != PolicyRef {
+		errs = append(errs, fmt.Errorf("manifest measuredBoot.policyRef %q: this program knows %q", mb.PolicyRef, PolicyRef))
+	}
+	if want := NVIndexString(uint32(RollbackNVIndex)); mb.NVIndex != want {
+		errs = append(errs, fmt.Errorf("manifest measuredBoot.nvIndex %q: this program knows %s", mb.NVIndex, want))
+	}
+	if err := ValidateEpoch(mb.Epoch); err != nil {
+		errs = append(errs, fmt.Errorf("manifest measuredBoot.epoch: %w", err))
+	}
+	if mb.PCRKey != "" && !isHex(mb.PCRKey, 32) {
+		errs = append(errs, fmt.Errorf("manifest measuredBoot.pcrKey %q is not 64 hex digits", mb.PCRKey))
+	}
+	if (mb.PCRKey == "") != (mb.PCRSig == nil) {
+		errs = append(errs, errors.New("manifest measuredBoot: pcrKey and pcrsig go together (both set when signed, both absent when not)"))
+	}
+	if mb.PCRSig != nil && !isHex(mb.PCRSig.SHA256, 32) {
+		errs = append(errs, fmt.Errorf("manifest measuredBoot.pcrsig.sha256 %q is not 64 hex digits", mb.PCRSig.SHA256))
+	}
+	if len(mb.PCR11) == 0 {
+		errs = append(errs, errors.New("manifest measuredBoot.pcr11: empty"))
+	}
+	seen := map[[2]string]bool{}
+	for i, v := range mb.PCR11 {
+		b := Bank(v.Bank)
+		switch {
+		case b.Size() == 0:
+			errs = append(errs, fmt.Errorf("manifest measuredBoot.pcr11[%d]: unknown bank %q", i, v.Bank))
+		case !isHex(v.Value, b.Size()):
+			errs = append(errs, fmt.Errorf("manifest measuredBoot.pcr11[%d]: value %q is not %d hex digits (%s)", i, v.Value, 2*b.Size(), v.Bank))
+		}
+		for _, w := range PhaseWords(v.Phase) {
+			if w == "" {
+				errs = append(errs, fmt.Errorf("manifest measuredBoot.pcr11[%d]: phase path %q has an empty word", i, v.Phase))
+				break
+			}
+		}
+		if k := [2]string{v.Bank, v.Phase}; seen[k] {
+			errs = append(errs, fmt.Errorf("manifest measuredBoot.pcr11[%d]: bank %s phase %q listed twice", i, v.Bank, v.Phase))
+		} else {
+			seen[k] = true
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Root describes the root partition image: an ext4 filesystem followed by its dm-verity hash tree.
@@ -78,7 +194,7 @@ type File struct {
 	SHA256 string `json:"sha256"`
 }
 
-// PCR is a predicted PCR value and, once signed, its policy signature.
+// PCR is schema 1's predicted PCR value and, once signed, its policy signature.
 type PCR struct {
 	Bank  string `json:"bank"`
 	Value string `json:"value"`
@@ -138,8 +254,22 @@ func ReadManifest(file string) (*Manifest, error) {
 // that is TUF's job.
 func (m *Manifest) Validate() error {
 	var errs []error
-	if m.SchemaVersion != ManifestSchemaVersion {
-		errs = append(errs, fmt.Errorf("manifest schemaVersion %d: this program reads %d", m.SchemaVersion, ManifestSchemaVersion))
+	switch m.SchemaVersion {
+	case ManifestSchemaV1:
+		if m.MeasuredBoot != nil {
+			errs = append(errs, errors.New("manifest schemaVersion 1 has no measuredBoot"))
+		}
+	case ManifestSchemaVersion:
+		if m.PCR11 != nil {
+			errs = append(errs, errors.New("manifest schemaVersion 2: pcr11 is schema 1's; measuredBoot replaces it"))
+		}
+		if m.MeasuredBoot != nil {
+			if err := m.MeasuredBoot.Validate(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	default:
+		errs = append(errs, fmt.Errorf("manifest schemaVersion %d: this program reads %d and %d", m.SchemaVersion, ManifestSchemaV1, ManifestSchemaVersion))
 	}
 	if !nameRE.MatchString(m.Name) {
 		errs = append(errs, fmt.Errorf("manifest name %q is invalid", m.Name))

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/basalt-os/basalt/builder/rootfs"
 	"github.com/basalt-os/basalt/builder/uki"
 	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/images/measure"
 )
 
 // bootFiles are what goes on the ESP for this version.
@@ -22,11 +24,13 @@ type bootFiles struct {
 	uki         []byte
 	systemdBoot []byte
 	cmdline     string
-	pcr11       [32]byte
+	// measured is the manifest's measuredBoot block.
+	measured *images.MeasuredBoot
 }
 
-// assembleBoot builds the initrd and the UKI (kernel, initrd, cmdline, os-release, uname) and reads
-// systemd-boot, signing both EFI binaries when a Secure Boot key is set.
+// assembleBoot builds the initrd and the UKI (kernel, initrd, cmdline, os-release, uname and, with a
+// PCR-policy key, .pcrpkey and .pcrsig) and reads systemd-boot, signing both EFI binaries when a
+// Secure Boot key is set.
 func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, error) {
 	cfg := b.Config
 	kpath, err := b.kernelPath(tree)
@@ -41,11 +45,27 @@ func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, 
 	if err != nil {
 		return nil, err
 	}
-	initrdImg, err := b.buildInitrd(tree, kernelRelease(kpath))
+	stub, err := b.efiBinary(tree, cfg.Boot.Stub, "boot.stub", images.RootfsStub, "systemd-boot-efi")
 	if err != nil {
 		return nil, err
 	}
-	stub, err := b.efiBinary(tree, cfg.Boot.Stub, "boot.stub", images.RootfsStub, "systemd-boot-efi")
+	// The stub's version decides what it measures: refuse one without rules before doing the work.
+	stubSecs, err := uki.ReadSections(bytes.NewReader(stub))
+	if err != nil {
+		return nil, fmt.Errorf("boot.stub: %w", err)
+	}
+	stubVersion, err := measure.StubVersion(stubSecs)
+	if err == nil {
+		_, err = measure.MeasuredSections(stubVersion)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: boot.stub: %w", cfg.Source, err)
+	}
+	tpmCfg, err := b.initrdTPMConfig()
+	if err != nil {
+		return nil, err
+	}
+	initrdImg, err := b.buildInitrd(tree, kernelRelease(kpath), tpmCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -75,12 +95,17 @@ func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, 
 		uki.Section{Name: ".initrd", Data: initrdImg},
 	)
 	bf := &bootFiles{systemdBoot: sdboot, cmdline: cmdline}
-	if bf.pcr11, err = uki.PredictPCR11(sections); err != nil {
-		return nil, fmt.Errorf("predict PCR 11: %w", err)
+	if sections, bf.measured, err = b.signPCR11(stub, sections); err != nil {
+		return nil, err
 	}
 	if bf.uki, err = uki.Build(stub, sections); err != nil {
 		return nil, fmt.Errorf("assemble UKI: %w", err)
 	}
+	// Read the image back: it must measure to what was predicted and signed.
+	if _, err := uki.CheckMeasuredBoot(bf.uki, bf.measured); err != nil {
+		return nil, fmt.Errorf("internal error: the assembled UKI: %w", err)
+	}
+	// Authenticode signing comes last: it covers .pcrpkey and .pcrsig.
 	if s := b.SecureBoot; s != nil {
 		if bf.uki, err = uki.Sign(bf.uki, s.Key, s.Cert); err != nil {
 			return nil, fmt.Errorf("sign UKI: %w", err)
@@ -171,8 +196,9 @@ func (b *builder) osRelease(tree *rootfs.Tree) ([]byte, error) {
 }
 
 // buildInitrd packs into a deterministic cpio archive the config's initrd files from the rootfs, the
-// configured kernel modules of the given release with their dependencies, and basalt-init as /init.
-func (b *builder) buildInitrd(tree *rootfs.Tree, release string) ([]byte, error) {
+// configured kernel modules of the given release with their dependencies, basalt-init as /init and
+// its TPM settings (images.TPMConfigPath).
+func (b *builder) buildInitrd(tree *rootfs.Tree, release string, tpmCfg images.InitrdTPMConfig) ([]byte, error) {
 	a := initrd.New(b.created)
 	for _, f := range b.Config.Initrd.Files {
 		hdr, err := tree.Stat(f.Src)
@@ -193,6 +219,13 @@ func (b *builder) buildInitrd(tree *rootfs.Tree, release string) ([]byte, error)
 	}
 	if err := b.addInit(a, tree); err != nil {
 		return nil, err
+	}
+	tpmJSON, err := json.Marshal(tpmCfg)
+	if err != nil {
+		return nil, fmt.Errorf("initrd: encode %s: %w", images.TPMConfigPath, err)
+	}
+	if err := a.Add(initrd.Entry{Name: images.TPMConfigPath, Mode: 0o644, Data: append(tpmJSON, '\n')}); err != nil {
+		return nil, fmt.Errorf("initrd: %w", err)
 	}
 	var buf bytes.Buffer
 	if _, err := a.WriteTo(&buf); err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/basalt-os/basalt/builder/progress"
 	"github.com/basalt-os/basalt/builder/rootfs"
+	"github.com/basalt-os/basalt/builder/uki"
 	"github.com/basalt-os/basalt/images"
 )
 
@@ -41,6 +42,10 @@ type Options struct {
 	SourceDateEpoch time.Time
 	// SecureBoot signs systemd-boot and the UKI when set.
 	SecureBoot *Signer
+	// PCRPolicy is the PCR-policy key (RSA-2048): when set, the UKI carries its public key (.pcrpkey)
+	// and its signatures of the image's PCR 11 policy (.pcrsig), which devices need to unlock state.
+	// Without it the build works, but devices will not unlock state with the image.
+	PCRPolicy crypto.Signer
 	// Builder names this program and its version in the manifest's provenance.
 	Builder  string
 	Progress *progress.Reporter
@@ -67,6 +72,12 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	}
 	if err := images.ValidateCmdline(o.Config.Kernel.Cmdline); err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Config.Source, err)
+	}
+	if err := images.ValidateEpoch(o.Config.Security.Epoch); err != nil {
+		return nil, fmt.Errorf("%s: security.epoch: %w", o.Config.Source, err)
+	}
+	if err := uki.CheckPCRPolicyKey(o.PCRPolicy); err != nil {
+		return nil, err
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)

@@ -90,9 +90,15 @@ func write(t testing.TB, p string, data []byte, mode os.FileMode) {
 
 func config(t testing.TB, dir, rootfs string) *images.Config {
 	t.Helper()
+	return configWith(t, dir, rootfs, "")
+}
+
+// configWith is config with more top-level YAML appended.
+func configWith(t testing.TB, dir, rootfs, extra string) *images.Config {
+	t.Helper()
 	yaml := "name: test-os\nversion: 1.0.0\nrootfs:\n  dir: " + rootfs + "\nkernel:\n  cmdline: console=ttyS0\n" +
 		"initrd:\n  files: [/bin/tool, {src: /bin/tool-sym, dst: /init}, {src: /etc/os-release, dst: /etc/initrd-release}]\n" +
-		"disk:\n  size: 256MiB\n  esp: 64MiB\n  root: 64MiB\npayload:\n  compression: zstd\n  blockSize: 256KiB\n"
+		"disk:\n  size: 256MiB\n  esp: 64MiB\n  root: 64MiB\npayload:\n  compression: zstd\n  blockSize: 256KiB\n" + extra
 	p := filepath.Join(dir, "img.yaml")
 	write(t, p, []byte(yaml), 0o644)
 	c, err := images.LoadConfig(p)
@@ -245,9 +251,10 @@ func TestBuildReadBackByReferenceTools(t *testing.T) {
 	}
 	out := run(t, measure, "calculate", "--linux="+filepath.Join(tmp, "sec.linux"), "--initrd="+filepath.Join(tmp, "sec.initrd"),
 		"--cmdline="+filepath.Join(tmp, "sec.cmdline"), "--osrel="+filepath.Join(tmp, "sec.osrel"),
-		"--bank=sha256", "--phase=")
-	if !strings.Contains(out, m.PCR11.Value) {
-		t.Errorf("systemd-measure calculate:\n%s\nmanifest PCR 11 = %s", out, m.PCR11.Value)
+		"--bank=sha256", "--bank=sha1", "--phase=", "--phase=enter-initrd", "--phase=enter-initrd:leave-initrd", "--json=short")
+	checkMeasured(t, out, m)
+	if m.MeasuredBoot.Signed() || m.MeasuredBoot.PCRSig != nil || strings.Contains(hdrs, ".pcrsig") || strings.Contains(hdrs, ".pcrpkey") {
+		t.Errorf("a build without a PCR-policy key is signed: %+v\n%s", m.MeasuredBoot, hdrs)
 	}
 
 	// Payload: zstd -dc of the blocks gives back root-a's image byte for byte.
@@ -266,6 +273,35 @@ func TestBuildReadBackByReferenceTools(t *testing.T) {
 	// The manifest on disk reads back.
 	if _, err := images.ReadManifest(filepath.Join(res.UpdateDir, images.ManifestFile)); err != nil {
 		t.Error(err)
+	}
+}
+
+// checkMeasured compares `systemd-measure calculate --json=short` output (both banks, the three phases)
+// with the manifest's measuredBoot.pcr11.
+func checkMeasured(t testing.TB, out string, m *images.Manifest) {
+	t.Helper()
+	var res map[string][]struct {
+		Phase string `json:"phase"`
+		PCR   int    `json:"pcr"`
+		Hash  string `json:"hash"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("systemd-measure output %q: %v", out, err)
+	}
+	if m.MeasuredBoot == nil || len(m.MeasuredBoot.PCR11) != 6 {
+		t.Fatalf("manifest measuredBoot = %+v, want 2 banks x 3 phases", m.MeasuredBoot)
+	}
+	n := 0
+	for bank, vs := range res {
+		for _, v := range vs {
+			n++
+			if got, _ := m.MeasuredBoot.PCR11Value(images.Bank(bank), v.Phase); v.PCR != 11 || got != v.Hash {
+				t.Errorf("%s phase %q: systemd-measure says PCR %d = %s, the manifest %s", bank, v.Phase, v.PCR, v.Hash, got)
+			}
+		}
+	}
+	if n != 6 {
+		t.Errorf("systemd-measure printed %d values, want 6:\n%s", n, out)
 	}
 }
 

@@ -21,6 +21,10 @@ func defaultInitrdModules(config kernelConfig) []string {
 		"mmc_block", "sdhci_pci", "sdhci_acpi",
 		// The verified root.
 		"dm_mod", "dm_verity",
+		// The encrypted state partition: dm-crypt with aes-xts-plain64 (xts wants ecb, a soft
+		// dependency the initrd's loader does not follow, so ecb comes first). aesni_intel is not here:
+		// it refuses CPUs without AES-NI, and the generic AES is built into Debian's kernel.
+		"dm_crypt", "ecb", "xts",
 		// The root and state file systems, and the /etc overlay.
 		"ext4", "crc32c_generic", "overlay",
 		// The ESP.

@@ -97,8 +97,8 @@ func (b *builder) writeUpdate(ctx context.Context, tree *rootfs.Tree, root *root
 			PartUUID: partUUID,
 			Payload:  images.PayloadFile{Path: payloadName, Index: *index},
 		},
-		UKI:   images.File{Path: ukiName, Size: int64(len(boot.uki)), SHA256: hex.EncodeToString(ukiSum[:])},
-		PCR11: &images.PCR{Bank: "sha256", Value: hex.EncodeToString(boot.pcr11[:])},
+		UKI:          images.File{Path: ukiName, Size: int64(len(boot.uki)), SHA256: hex.EncodeToString(ukiSum[:])},
+		MeasuredBoot: boot.measured,
 		Provenance: &images.Provenance{
 			Builder:      b.Builder,
 			RootfsSHA256: hex.EncodeToString(root.rootfsDigest),
@@ -123,6 +123,18 @@ func (b *builder) writeUpdate(ctx context.Context, tree *rootfs.Tree, root *root
 
 // configIdentity is the part of the config that defines the image (not where its files were).
 func configIdentity(c *images.Config) []byte {
-	return fmt.Appendf(nil, "%s\x00%s\x00%s\x00%q\x00%q\x00%+v\x00%+v\x00%+v\x00%+v",
+	id := fmt.Appendf(nil, "%s\x00%s\x00%s\x00%q\x00%q\x00%+v\x00%+v\x00%+v\x00%+v",
 		c.Name, c.Version, c.Arch, c.Compatible, c.Kernel.Cmdline, c.Initrd, c.Boot.Timeout, c.Disk, c.Payload)
+	// The measured-boot settings, when set (configs without them keep their earlier identity).
+	if c.Security != (images.Security{}) || c.TPM != (images.TPM{}) {
+		opt := func(b *bool) string {
+			if b == nil {
+				return "default"
+			}
+			return fmt.Sprint(*b)
+		}
+		id = fmt.Appendf(id, "\x00epoch=%d\x00required=%s\x00secureBootPCR=%s\x00recoveryKey=%t\x00recoveryPrint=%t",
+			c.Security.Epoch, opt(c.TPM.Required), opt(c.TPM.SecureBootPCR), c.TPM.RecoveryKey != "", c.TPM.RecoveryPrint)
+	}
+	return id
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/basalt-os/basalt/builder/uki"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/images/disk"
+	"github.com/basalt-os/basalt/images/measure"
 )
 
 // Disk is what a disk image holds.
@@ -50,6 +51,11 @@ type Entry struct {
 	RootHash string    `json:"rootHash,omitempty"`
 	Cmdline  string    `json:"cmdline,omitempty"`
 	Sections []Section `json:"sections"`
+	// Stub is the systemd-stub version from .sdmagic.
+	Stub string `json:"stub,omitempty"`
+	// PCRKey is the pkfp of the .pcrpkey key; PCRSig says whether a .pcrsig section is present.
+	PCRKey string `json:"pcrKey,omitempty"`
+	PCRSig bool   `json:"pcrsig"`
 }
 
 // Section is a PE section of a UKI.
@@ -138,7 +144,38 @@ func describeUKI(name string, data []byte) (*Entry, error) {
 			}
 		}
 	}
+	describeMeasured(e, secs)
 	return e, nil
+}
+
+// MeasuredCheck is what InspectUpdate verified of an update's measured boot against its UKI
+// (uki.CheckMeasuredBoot).
+type MeasuredCheck struct {
+	// Signed is true when the UKI carries the PCR policy signatures the manifest names.
+	Signed bool `json:"signed"`
+	// Notice is images.UnsignedImageNotice for an unsigned image.
+	Notice string `json:"notice,omitempty"`
+	// Checked lists what was verified, in words.
+	Checked []string `json:"checked"`
+}
+
+// describeMeasured fills an Entry's stub version and PCR-policy key from its sections (left empty
+// when they are absent or unreadable: a disk's ESP may hold other images).
+func describeMeasured(e *Entry, secs []uki.Section) {
+	if v, err := measure.StubVersion(secs); err == nil {
+		e.Stub = v
+	}
+	for _, s := range secs {
+		switch s.Name {
+		case uki.SectionPCRPKey:
+			e.PCRKey = ""
+			if pub, err := images.ParsePCRKey(s.Data); err == nil {
+				e.PCRKey = images.PCRKeyFingerprint(pub)
+			}
+		case uki.SectionPCRSig:
+			e.PCRSig = true
+		}
+	}
 }
 
 // Update is what an update folder holds.
@@ -148,9 +185,13 @@ type Update struct {
 	UKI      *Entry           `json:"uki"`
 	// Checked lists the files whose size and sha256 match the manifest.
 	Checked []string `json:"checked"`
+	// MeasuredBoot is what was verified of the manifest's measuredBoot against the UKI (nil for a
+	// schema 1 manifest, which has none).
+	MeasuredBoot *MeasuredCheck `json:"measuredBootCheck,omitempty"`
 }
 
-// InspectUpdate reads an update folder's manifest and checks its files' sizes and hashes.
+// InspectUpdate reads an update folder's manifest and checks its files' sizes and hashes, and the
+// manifest's measured-boot block against the UKI (PCR 11 recomputed, .pcrsig bytes and signatures).
 func InspectUpdate(dir string) (*Update, error) {
 	m, err := images.ReadManifest(filepath.Join(dir, images.ManifestFile))
 	if err != nil {
@@ -174,6 +215,16 @@ func InspectUpdate(dir string) (*Update, error) {
 	}
 	if u.UKI.RootHash != m.Root.Verity.RootHash {
 		return nil, fmt.Errorf("inspect %s: the UKI's roothash= %s differs from the manifest's %s", dir, u.UKI.RootHash, m.Root.Verity.RootHash)
+	}
+	if m.MeasuredBoot != nil {
+		checked, err := uki.CheckMeasuredBoot(data, m.MeasuredBoot)
+		if err != nil {
+			return nil, fmt.Errorf("inspect %s: measured boot: %w", dir, err)
+		}
+		u.MeasuredBoot = &MeasuredCheck{Signed: m.MeasuredBoot.Signed(), Checked: checked}
+		if !u.MeasuredBoot.Signed {
+			u.MeasuredBoot.Notice = images.UnsignedImageNotice
+		}
 	}
 	return u, nil
 }

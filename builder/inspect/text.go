@@ -38,7 +38,39 @@ func (u *Update) WriteText(w io.Writer) error {
 		fmt.Fprintf(w, "  PCR 11      %s:%s\n", m.PCR11.Bank, m.PCR11.Value)
 	}
 	fmt.Fprintf(w, "  checked     %s (sizes and sha256 match the manifest)\n", strings.Join(u.Checked, ", "))
+	if mb := m.MeasuredBoot; mb != nil {
+		if err := writeMeasured(w, mb, u.MeasuredBoot); err != nil {
+			return err
+		}
+	}
 	writeEntry(w, "UKI", *u.UKI)
+	return nil
+}
+
+// writeMeasured prints the manifest's measured-boot block and what was checked of it.
+func writeMeasured(w io.Writer, mb *images.MeasuredBoot, c *MeasuredCheck) error {
+	fmt.Fprintf(w, "measured boot: systemd-stub %s, security epoch %d, policyRef %s, rollback NV index %s\n", mb.Stub, mb.Epoch, mb.PolicyRef, mb.NVIndex)
+	if mb.Signed() {
+		fmt.Fprintf(w, "  PCR key     %s (pkfp), .pcrsig sha256 %s\n", mb.PCRKey, mb.PCRSig.SHA256)
+	} else {
+		fmt.Fprintf(w, "  PCR key     none: %s\n", images.UnsignedImageNotice)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, v := range mb.PCR11 {
+		phase := v.Phase
+		if phase == "" {
+			phase = "(stub)"
+		}
+		fmt.Fprintf(tw, "  PCR 11\t%s\t%s\t%s\n", v.Bank, phase, v.Value)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if c != nil {
+		for _, s := range c.Checked {
+			fmt.Fprintf(w, "  checked     %s\n", s)
+		}
+	}
 	return nil
 }
 
@@ -49,4 +81,12 @@ func writeEntry(w io.Writer, what string, e Entry) {
 		secs = append(secs, fmt.Sprintf("%s(%d)", s.Name, s.Size))
 	}
 	fmt.Fprintf(w, "  sections  %s\n  cmdline   %s\n", strings.Join(secs, " "), e.Cmdline)
+	switch {
+	case e.Stub == "":
+		fmt.Fprintln(w, "  stub      unknown (no systemd-stub .sdmagic)")
+	case e.PCRSig && e.PCRKey != "":
+		fmt.Fprintf(w, "  stub      systemd-stub %s; PCR 11 policies signed by %s\n", e.Stub, e.PCRKey)
+	default:
+		fmt.Fprintf(w, "  stub      systemd-stub %s; %s\n", e.Stub, images.UnsignedImageNotice)
+	}
 }

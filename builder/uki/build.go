@@ -6,28 +6,22 @@ import (
 	"fmt"
 	"math"
 	"strings"
-)
 
-// Section is one named PE section of a unified kernel image: a payload that
-// systemd-stub finds by name (.linux, .initrd, .cmdline, .osrel, ...).
-// Data is the section's content as loaded in memory, without padding.
-type Section struct {
-	Name string
-	Data []byte
-}
+	"github.com/basalt-os/basalt/images/measure"
+)
 
 // Names of the sections systemd-stub gives a meaning to.
 const (
-	SectionLinux   = ".linux"   // the kernel image (bzImage, EFI stub)
-	SectionOSRel   = ".osrel"   // os-release of the OS the kernel belongs to
-	SectionCmdline = ".cmdline" // kernel command line
-	SectionInitrd  = ".initrd"  // initramfs (cpio)
-	SectionSplash  = ".splash"  // boot splash (BMP)
-	SectionDTB     = ".dtb"     // devicetree
-	SectionUname   = ".uname"   // kernel release (uname -r); not read by systemd 252
-	SectionPCRSig  = ".pcrsig"  // signed PCR 11 policy (JSON)
-	SectionPCRPKey = ".pcrpkey" // public key the PCR policy is signed with (PEM)
-	SectionSBAT    = ".sbat"    // SBAT revocation metadata
+	SectionLinux   = measure.SectionLinux   // the kernel image (bzImage, EFI stub)
+	SectionOSRel   = measure.SectionOSRel   // os-release of the OS the kernel belongs to
+	SectionCmdline = measure.SectionCmdline // kernel command line
+	SectionInitrd  = measure.SectionInitrd  // initramfs (cpio)
+	SectionSplash  = measure.SectionSplash  // boot splash (BMP)
+	SectionDTB     = measure.SectionDTB     // devicetree
+	SectionUname   = measure.SectionUname   // kernel release (uname -r); not read by systemd 252
+	SectionPCRSig  = measure.SectionPCRSig  // signed PCR 11 policy (JSON)
+	SectionPCRPKey = measure.SectionPCRPKey // public key the PCR policy is signed with (PEM)
+	SectionSBAT    = measure.SectionSBAT    // SBAT revocation metadata
 )
 
 // maxKernelAlignment bounds the alignment taken from the kernel's own PE
@@ -219,8 +213,8 @@ func checkSections(stub *peFile, sections []Section) error {
 	return nil
 }
 
-// checkName accepts 1 to 8 printable ASCII bytes. systemd-stub 252 compares
-// only the first strlen(known) bytes of a section name, so a name that merely
+// checkName accepts 1 to 8 printable ASCII bytes. systemd-stub compares only
+// the first strlen(known) bytes of a section name, so a name that merely
 // starts with a known one (".linux2") would be taken for it: refuse those.
 func checkName(name string) error {
 	if name == "" || len(name) > 8 {
@@ -231,7 +225,7 @@ func checkName(name string) error {
 			return fmt.Errorf("section %q: name must be printable ASCII", name)
 		}
 	}
-	for _, known := range stubSections {
+	for _, known := range measure.KnownSections() {
 		if name != known && strings.HasPrefix(name, known) {
 			return fmt.Errorf("section %q: systemd-stub would read it as %s", name, known)
 		}

@@ -1,53 +1,16 @@
 package uki
 
 import (
-	"debug/pe"
-	"fmt"
 	"io"
+
+	"github.com/basalt-os/basalt/images/measure"
 )
 
-// Bounds on what ReadSections allocates for one section, so that a hostile
-// header cannot make it allocate more than the file holds plus a little.
-const (
-	maxSectionSize = 1 << 30  // raw data
-	maxZeroFill    = 64 << 20 // in-memory size beyond the raw data, all sections
-)
+// Section is one named PE section of a unified kernel image (measure.Section).
+type Section = measure.Section
 
 // ReadSections returns every section of a PE image in section-table order,
-// each with its in-memory content: VirtualSize bytes, read from the raw data
-// and zero-filled past it (as the firmware loads it, and as systemd-stub sees
-// and measures it). A section with VirtualSize 0 is given its raw data.
+// each with its in-memory content (measure.ReadSections).
 func ReadSections(r io.ReaderAt) ([]Section, error) {
-	f, err := pe.NewFile(r)
-	if err != nil {
-		return nil, fmt.Errorf("read PE: %w", err)
-	}
-	defer f.Close()
-	out := make([]Section, 0, len(f.Sections))
-	var zeroFill uint64
-	for _, s := range f.Sections {
-		size := s.VirtualSize
-		if size == 0 {
-			size = s.Size
-		}
-		raw := min(size, s.Size)
-		zeroFill += uint64(size - raw)
-		if raw > maxSectionSize || zeroFill > maxZeroFill {
-			return nil, fmt.Errorf("read PE: section %s: %d bytes in memory, %d in the file: too large", s.Name, size, s.Size)
-		}
-		// Read through a limited reader rather than allocating what the
-		// header claims: a truncated file then fails before using memory.
-		data, err := io.ReadAll(io.LimitReader(s.Open(), int64(raw)))
-		if err != nil {
-			return nil, fmt.Errorf("read PE: section %s: %w", s.Name, err)
-		}
-		if uint32(len(data)) != raw {
-			return nil, fmt.Errorf("read PE: section %s: file truncated (%d of %d bytes)", s.Name, len(data), raw)
-		}
-		if size > raw {
-			data = append(data, make([]byte, size-raw)...)
-		}
-		out = append(out, Section{Name: s.Name, Data: data})
-	}
-	return out, nil
+	return measure.ReadSections(r)
 }

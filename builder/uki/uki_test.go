@@ -24,6 +24,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/images/measure"
 	"github.com/basalt-os/basalt/internal/testtool"
 )
 
@@ -76,11 +78,11 @@ func fakeKernel(n int) []byte {
 
 func testSections() []Section {
 	return []Section{
-		{SectionOSRel, []byte("ID=basalt\nVERSION_ID=1.2.3\n")},
-		{SectionCmdline, []byte("roothash=0123abcd basalt.version=1.2.3 console=ttyS0")},
-		{SectionUname, []byte("6.1.0-56-amd64")},
-		{SectionInitrd, bytes.Repeat([]byte("initrd\x00"), 1000)},
-		{SectionLinux, fakeKernel(300000)},
+		{Name: SectionOSRel, Data: []byte("ID=basalt\nVERSION_ID=1.2.3\n")},
+		{Name: SectionCmdline, Data: []byte("roothash=0123abcd basalt.version=1.2.3 console=ttyS0")},
+		{Name: SectionUname, Data: []byte("6.1.0-56-amd64")},
+		{Name: SectionInitrd, Data: bytes.Repeat([]byte("initrd\x00"), 1000)},
+		{Name: SectionLinux, Data: fakeKernel(300000)},
 	}
 }
 
@@ -228,6 +230,22 @@ func systemdMeasure(t *testing.T, dir string, secs []Section) [32]byte {
 	return v
 }
 
+// predict is measure.PredictPCR11 (sha256, phase "") for the stub's sections
+// followed by secs: what the UKI Build makes of them measures to.
+func predict(stub []byte, secs []Section) ([32]byte, error) {
+	var v [32]byte
+	all, err := ReadSections(bytes.NewReader(stub))
+	if err != nil {
+		return v, err
+	}
+	got, err := measure.PredictPCR11(append(all, secs...), images.BankSHA256, "")
+	if err != nil {
+		return v, err
+	}
+	copy(v[:], got)
+	return v, nil
+}
+
 func snakeoil(t *testing.T) (crypto.Signer, *x509.Certificate) {
 	t.Helper()
 	openssl := testtool.Require(t, "openssl", "openssl")
@@ -345,19 +363,19 @@ func TestPredictPCR11MatchesSystemdMeasure(t *testing.T) {
 	stub := readFile(t, stubPath, "systemd-boot-efi")
 	pcrpkey := []byte("-----BEGIN PUBLIC KEY-----\nfake\n-----END PUBLIC KEY-----\n")
 	cases := map[string][]Section{
-		"linux only": {{SectionLinux, fakeKernel(1000)}},
+		"linux only": {{Name: SectionLinux, Data: fakeKernel(1000)}},
 		"typical":    testSections(),
 		"all measured kinds": append(testSections(),
-			Section{SectionSplash, []byte("BM fake splash")},
-			Section{SectionDTB, []byte("\xd0\x0d\xfe\xed fake dtb")},
-			Section{SectionPCRSig, []byte(`{"sha256":[]}`)}, // never measured
-			Section{SectionPCRPKey, pcrpkey},
+			Section{Name: SectionSplash, Data: []byte("BM fake splash")},
+			Section{Name: SectionDTB, Data: []byte("\xd0\x0d\xfe\xed fake dtb")},
+			Section{Name: SectionPCRSig, Data: []byte(`{"sha256":[]}`)}, // never measured
+			Section{Name: SectionPCRPKey, Data: pcrpkey},
 		),
 	}
 	for name, secs := range cases {
 		t.Run(name, func(t *testing.T) {
 			want := systemdMeasure(t, dir, secs)
-			got, err := PredictPCR11(secs)
+			got, err := predict(stub, secs)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -370,12 +388,12 @@ func TestPredictPCR11MatchesSystemdMeasure(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fromImage, err := PredictPCR11(all); err != nil || fromImage != want {
+			if fromImage, err := measure.PredictPCR11(all, images.BankSHA256, ""); err != nil || hex.EncodeToString(fromImage) != hex.EncodeToString(want[:]) {
 				t.Errorf("PredictPCR11(ReadSections(uki)) = %x, %v; want %x", fromImage, err, want)
 			}
 		})
 	}
-	if _, err := PredictPCR11([]Section{{SectionCmdline, []byte("x")}}); err == nil {
+	if _, err := predict(stub, []Section{{Name: SectionCmdline, Data: []byte("x")}}); err == nil {
 		t.Error("PredictPCR11 without .linux: no error")
 	}
 }
@@ -511,7 +529,7 @@ func TestBuildGrowsHeaders(t *testing.T) {
 	stub := readFile(t, stubPath, "systemd-boot-efi")
 	secs := testSections()
 	for i := range 15 {
-		secs = append(secs, Section{fmt.Sprintf(".x%02d", i), bytes.Repeat([]byte{byte(i + 1)}, 100+i*613)})
+		secs = append(secs, Section{Name: fmt.Sprintf(".x%02d", i), Data: bytes.Repeat([]byte{byte(i + 1)}, 100+i*613)})
 	}
 	uki := buildTest(t, stub, secs)
 	p, err := parsePE(uki)
@@ -552,10 +570,10 @@ func TestBuildRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	linux := Section{SectionLinux, []byte("k")}
+	linux := Section{Name: SectionLinux, Data: []byte("k")}
 	many := make([]Section, 0, 100)
 	for i := range 100 {
-		many = append(many, Section{fmt.Sprintf(".s%d", i), []byte{1}})
+		many = append(many, Section{Name: fmt.Sprintf(".s%d", i), Data: []byte{1}})
 	}
 	withTrailer := append(bytes.Clone(stub[:0x11400]), []byte("junk")...)
 	cases := []struct {
@@ -563,13 +581,13 @@ func TestBuildRejects(t *testing.T) {
 		stub []byte
 		secs []Section
 	}{
-		{"name too long", stub, []Section{{".toolongname", []byte("x")}}},
-		{"empty name", stub, []Section{{"", []byte("x")}}},
-		{"non-ASCII name", stub, []Section{{".lïnux", []byte("x")}}},
+		{"name too long", stub, []Section{{Name: ".toolongname", Data: []byte("x")}}},
+		{"empty name", stub, []Section{{Name: "", Data: []byte("x")}}},
+		{"non-ASCII name", stub, []Section{{Name: ".lïnux", Data: []byte("x")}}},
 		{"duplicate", stub, []Section{linux, linux}},
-		{"clashes with stub", stub, []Section{{".text", []byte("x")}}},
-		{"read as .linux by the stub", stub, []Section{{".linux2", []byte("x")}}},
-		{"empty data", stub, []Section{{SectionInitrd, nil}}},
+		{"clashes with stub", stub, []Section{{Name: ".text", Data: []byte("x")}}},
+		{"read as .linux by the stub", stub, []Section{{Name: ".linux2", Data: []byte("x")}}},
+		{"empty data", stub, []Section{{Name: SectionInitrd, Data: nil}}},
 		{"signed stub", signedStub, []Section{linux}},
 		{"not a PE", []byte("MZ but nothing else"), []Section{linux}},
 		{"truncated stub", stub[:0x300], []Section{linux}},
@@ -610,10 +628,10 @@ func TestRealStubAndKernel(t *testing.T) {
 		t.Log("no kernel in /boot or .cache/kernel (hack/kernel.sh fills it): using a fake .linux blob")
 	}
 	secs := []Section{
-		{SectionOSRel, []byte("NAME=Basalt\nID=basalt\nVERSION_ID=1.0\n")},
-		{SectionCmdline, []byte("console=ttyS0 panic=2 roothash=00")},
-		{SectionInitrd, fakeKernel(1 << 20)},
-		{SectionLinux, kernel},
+		{Name: SectionOSRel, Data: []byte("NAME=Basalt\nID=basalt\nVERSION_ID=1.0\n")},
+		{Name: SectionCmdline, Data: []byte("console=ttyS0 panic=2 roothash=00")},
+		{Name: SectionInitrd, Data: fakeKernel(1 << 20)},
+		{Name: SectionLinux, Data: kernel},
 	}
 	uki := buildTest(t, stub, secs)
 	dir := t.TempDir()
@@ -634,7 +652,7 @@ func TestRealStubAndKernel(t *testing.T) {
 		}
 	}
 	want := systemdMeasure(t, dir, secs)
-	got, err := PredictPCR11(secs)
+	got, err := predict(stub, secs)
 	if err != nil || got != want {
 		t.Errorf("PredictPCR11 = %x (%v), systemd-measure = %x", got, err, want)
 	}
@@ -658,7 +676,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(stub)
 	f.Add(stub[:0x400])
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if out, err := Build(data, []Section{{SectionLinux, []byte("k")}, {SectionCmdline, []byte("c")}}); err == nil {
+		if out, err := Build(data, []Section{{Name: SectionLinux, Data: []byte("k")}, {Name: SectionCmdline, Data: []byte("c")}}); err == nil {
 			if _, err := ReadSections(bytes.NewReader(out)); err != nil {
 				t.Errorf("ReadSections of Build output: %v", err)
 			}
@@ -692,10 +710,10 @@ func BenchmarkBuildSignPredict(b *testing.B) {
 		b.Fatal(err)
 	}
 	secs := []Section{
-		{SectionOSRel, []byte("ID=basalt\n")},
-		{SectionCmdline, []byte("console=ttyS0")},
-		{SectionInitrd, fakeKernel(16 << 20)},
-		{SectionLinux, fakeKernel(8 << 20)},
+		{Name: SectionOSRel, Data: []byte("ID=basalt\n")},
+		{Name: SectionCmdline, Data: []byte("console=ttyS0")},
+		{Name: SectionInitrd, Data: fakeKernel(16 << 20)},
+		{Name: SectionLinux, Data: fakeKernel(8 << 20)},
 	}
 	b.SetBytes(24 << 20)
 	for b.Loop() {
@@ -706,7 +724,7 @@ func BenchmarkBuildSignPredict(b *testing.B) {
 		if _, err := Sign(uki, key, cert); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := PredictPCR11(secs); err != nil {
+		if _, err := predict(stub, secs); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/basalt-os/basalt/builder/build"
 	"github.com/basalt-os/basalt/builder/progress"
+	"github.com/basalt-os/basalt/builder/uki"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/keys"
 )
@@ -28,6 +31,10 @@ the root filesystem it names, and writes into the output folder:
   update/           manifest.json, the UKI and the block-compressed root image: what
                     'basalt publish' puts into a TUF repository
 
+With --keys, the UKI carries the PCR-policy key's signatures of its PCR 11 policy (.pcrsig, for the
+image's security.epoch); devices need them to unlock their encrypted state partition. Without a
+PCR-policy key the build works and warns: devices will not unlock state with such an image.
+
 The output folder is replaced only when the whole build succeeded.
 Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 		Example: `  basalt build images/demo.yaml --out out/demo
@@ -43,7 +50,10 @@ Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 				return usageError{err}
 			}
 			log := loggerFrom(cmd.Context())
-			var signer *build.Signer
+			var (
+				signer    *build.Signer
+				pcrPolicy crypto.Signer
+			)
 			if keyDir != "" {
 				store, err := keys.Open(keyDir)
 				if err != nil {
@@ -54,6 +64,9 @@ Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 					return fmt.Errorf("--keys %s: Secure Boot key: %w", keyDir, err)
 				}
 				signer = &build.Signer{Key: key, Cert: cert}
+				if pcrPolicy, err = loadPCRPolicyKey(store); err != nil {
+					return fmt.Errorf("--keys %s: %w", keyDir, err)
+				}
 			}
 			start := time.Now()
 			res, err := build.Build(cmd.Context(), build.Options{
@@ -61,6 +74,7 @@ Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 				OutDir:          out,
 				SourceDateEpoch: epoch,
 				SecureBoot:      signer,
+				PCRPolicy:       pcrPolicy,
 				Builder:         "basalt " + version,
 				Progress:        progress.New(os.Stderr, g.quiet),
 				Log:             log,
@@ -74,13 +88,38 @@ Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n  disk image  %s\n  update      %s\n  root hash   %s\n  payload     %d bytes (%s, %d blocks) for a %d-byte root image\n",
 				m.Name, m.Version, res.DiskPath, res.UpdateDir, m.Root.Verity.RootHash,
 				m.Root.Payload.Size, m.Root.Payload.Codec, len(m.Root.Payload.Blocks), m.Root.Size)
+			if mb := m.MeasuredBoot; mb != nil {
+				v, _ := mb.PCR11Value(images.BankSHA256, images.SignedPhase)
+				fmt.Fprintf(cmd.OutOrStdout(), "  stub        systemd-stub %s, security epoch %d\n  PCR 11      %s (sha256, %s)\n", mb.Stub, mb.Epoch, v, images.SignedPhase)
+				if mb.Signed() {
+					fmt.Fprintf(cmd.OutOrStdout(), "  PCR key     %s (policies signed for sha256 and sha1)\n", mb.PCRKey)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "  PCR key     none: %s\n", images.UnsignedImageNotice)
+				}
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&out, "out", "o", "out", "output folder (replaced when the build succeeds)")
 	cmd.Flags().StringVar(&ver, "version", "", "version to build (overrides the config's version)")
-	cmd.Flags().StringVar(&keyDir, "keys", "", "key folder ('basalt keys init'): sign systemd-boot and the UKI with its Secure Boot key")
+	cmd.Flags().StringVar(&keyDir, "keys", "", "key folder ('basalt keys init'): sign systemd-boot and the UKI with its Secure Boot key, and the UKI's PCR 11 policy with its PCR-policy key")
 	return cmd
+}
+
+// loadPCRPolicyKey returns the key folder's PCR-policy key, or nil when it has none (the build then
+// warns that devices will not unlock state with the image). Only RSA-2048 keys are accepted.
+func loadPCRPolicyKey(store *keys.Store) (crypto.Signer, error) {
+	key, entry, err := store.PCRPolicyKey()
+	if errors.Is(err, keys.ErrUnknownKey) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("PCR-policy key: %w", err)
+	}
+	if err := uki.CheckPCRPolicyKey(key); err != nil {
+		return nil, fmt.Errorf("PCR-policy key %s: %w", entry.Name, err)
+	}
+	return key, nil
 }
 
 // loadConfig reads the image config, applying a --version override before validation.

@@ -17,8 +17,11 @@ func newInspectCmd() *cobra.Command {
 		Use:   "inspect PATH",
 		Short: "Describe a disk image or an update folder",
 		Long: `inspect reads what 'basalt build' wrote. For a disk image: the GPT partitions, the boot entries in
-the ESP (UKI sections, version, root hash) and which version each root slot holds. For an update folder:
-the manifest, with every file's size and sha256 checked against it.`,
+the ESP (UKI sections, version, root hash, stub, PCR-policy key) and which version each root slot holds.
+For an update folder: the manifest, with every file's size and sha256 checked against it, and its
+measured-boot block (stub, PCR-policy key or "unsigned", epoch, PCR 11 per bank and phase) checked
+against the UKI: PCR 11 recomputed from its sections, its .pcrsig bytes against the manifest's sha256,
+and each policy signature verified with its .pcrpkey key over the approved policy recomputed.`,
 		Example: `  basalt inspect out/demo/disk.raw
   basalt inspect out/demo/update --json`,
 		Args: cobra.ExactArgs(1),
