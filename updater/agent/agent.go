@@ -5,13 +5,16 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -27,6 +30,7 @@ import (
 	"github.com/basalt-os/basalt/updater/config"
 	"github.com/basalt-os/basalt/updater/health"
 	"github.com/basalt-os/basalt/updater/install"
+	"github.com/basalt-os/basalt/updater/measured"
 	"github.com/basalt-os/basalt/updater/state"
 	"github.com/basalt-os/basalt/updater/tufclient"
 )
@@ -72,6 +76,13 @@ type Agent struct {
 	BootReport string
 	// EFIVars is the firmware's efivarfs folder (device mode; "": secureboot.DefaultEfivarsDir).
 	EFIVars string
+	// TPMDevice is the TPM that sealed the disk's state key, which a new UKI is proved against before
+	// the switch: a character device or the Unix socket of a software TPM. "": keys/tpm.DevicePath on
+	// a device; no proof on a disk image (this machine's TPM is not the disk's).
+	TPMDevice string
+	// StateLock is basalt-init's state report (the built-in health check, the revoked epochs, status).
+	// "": bootreport.StateLockPath on a device, none on a disk image.
+	StateLock string
 }
 
 func (a *Agent) log() *slog.Logger {
@@ -137,6 +148,52 @@ func (a *Agent) efiVars() string {
 		return a.EFIVars
 	}
 	return secureboot.DefaultEfivarsDir
+}
+
+// stateLockPath is basalt-init's state report of the running boot: StateLock, or on a device
+// bootreport.StateLockPath; "" on a disk image.
+func (a *Agent) stateLockPath() string {
+	switch {
+	case a.StateLock != "":
+		return a.StateLock
+	case a.ImageMode:
+		return ""
+	}
+	return bootreport.StateLockPath
+}
+
+// stateLock reads basalt-init's state report; nil when there is none (a disk image, or a boot by an
+// older basalt-init).
+func (a *Agent) stateLock() *bootreport.StateLock {
+	p := a.stateLockPath()
+	if p == "" {
+		return nil
+	}
+	l, err := bootreport.ReadStateLock(p)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			a.log().Warn("state report unreadable", "path", p, "err", err)
+		}
+		return nil
+	}
+	return l
+}
+
+// removeRevoked removes the boot entries of versions whose security epoch this device's TPM has
+// revoked (basalt-init raises the epoch on the first boot after a bless): they can no longer open the
+// state, and boot counting must never fall back into them.
+func (a *Agent) removeRevoked(s *session) {
+	lock := a.stateLock()
+	if lock == nil || lock.Revoked == 0 {
+		return
+	}
+	removed, err := s.disk.RemoveRevoked(a.Config.Name, s.version, lock.Revoked)
+	for _, r := range removed {
+		a.log().Info("removed the boot entry of a revoked version", "version", r.Entry.Version, "epoch", r.Epoch, "entry", r.Entry.FileName())
+	}
+	if err != nil {
+		a.log().Warn("remove the boot entries of revoked versions", "err", err)
+	}
 }
 
 // bootID returns the kernel's ID of the running boot on a device, "" on a disk image.
@@ -270,6 +327,7 @@ func (a *Agent) open(ctx context.Context, readOnly bool) (*session, error) {
 			return nil, err
 		}
 	}
+	a.removeRevoked(s)
 	ok = true
 	return s, nil
 }
@@ -325,6 +383,74 @@ type Status struct {
 	Busy string `json:"busy,omitempty"`
 	// Boot is what basalt-init reported of this boot (device mode; nil when there is no report).
 	Boot *bootreport.Report `json:"boot,omitempty"`
+	// MeasuredBoot is the state volume's lock and the TPM's rollback state (nil: nothing to say).
+	MeasuredBoot *MeasuredBoot `json:"measuredBoot,omitempty"`
+}
+
+// MeasuredBoot is what `status` reports of measured boot: basalt-init's state report of this boot
+// and the recovery escrow on the ESP.
+type MeasuredBoot struct {
+	// State is the state volume's lock (bootreport.Lock*: unlocked, provisioned, recovery, locked,
+	// plain); "" when basalt-init wrote no report. Reason and Detail say why, when locked or opened
+	// with the recovery key (the codes of keys/tpm).
+	State  string `json:"state,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	// Epoch is this image's security epoch; Revoked the epochs this device's TPM refuses. They, PCR7
+	// and RollbackProtection come from the same report: zero when State is "".
+	Epoch   int   `json:"epoch"`
+	Revoked []int `json:"revoked"`
+	// PCR7 says the state key is bound to PCR 7 (Secure Boot state and databases) as well.
+	PCR7 bool `json:"pcr7"`
+	// RollbackProtection says the TPM owner authorization is Basalt's, so the rollback index cannot be
+	// deleted and recreated.
+	RollbackProtection bool `json:"rollbackProtection"`
+	// Escrow is the state volume's recovery key escrow on the ESP (nil: the disk has no state
+	// partition).
+	Escrow *Escrow `json:"recoveryEscrow,omitempty"`
+}
+
+// Escrow is the recovery escrow file of the state partition on the ESP.
+type Escrow struct {
+	// Path is its path on the ESP: EFI/basalt/recovery/<state partition UUID>.json.
+	Path    string `json:"path"`
+	Present bool   `json:"present"`
+	// Content is the escrow record: the recovery key encrypted to the fleet's recovery key (JSON; it
+	// is ciphertext). A file that is not JSON is given as a base64 string.
+	Content json.RawMessage `json:"content,omitempty"`
+}
+
+// RecoveryEscrowDir is the ESP folder that holds each state volume's recovery escrow,
+// <partition UUID>.json (written by basalt-init: bootloader/initboot.RecoveryEscrowDir).
+const RecoveryEscrowDir = "EFI/basalt/recovery"
+
+// measuredBoot gathers MeasuredBoot: basalt-init's state report and the recovery escrow on the ESP.
+func (a *Agent) measuredBoot(d *install.Disk) *MeasuredBoot {
+	mb := &MeasuredBoot{}
+	if l := a.stateLock(); l != nil {
+		mb.State, mb.Reason, mb.Detail = l.State, l.Reason, l.Detail
+		mb.Epoch, mb.Revoked, mb.PCR7, mb.RollbackProtection = l.Epoch, measured.Revoked(l.Revoked), l.PCR7, l.RollbackProtection
+	}
+	if id, err := d.PartUUID(images.PartState); err == nil {
+		e := &Escrow{Path: path.Join(RecoveryEscrowDir, strings.ToLower(id)+".json")}
+		b, err := d.ESP.ReadFile(e.Path)
+		switch {
+		case err == nil:
+			e.Present = true
+			if json.Valid(b) {
+				e.Content = json.RawMessage(bytes.TrimSpace(b))
+			} else {
+				e.Content, _ = json.Marshal(b)
+			}
+		case !errors.Is(err, fs.ErrNotExist):
+			a.log().Warn("recovery escrow unreadable", "path", e.Path, "err", err)
+		}
+		mb.Escrow = e
+	}
+	if mb.State == "" && mb.Escrow == nil {
+		return nil
+	}
+	return mb
 }
 
 // Status describes the device. It works while another basalt-updater runs (then it only reads).
@@ -353,6 +479,7 @@ func (a *Agent) Status(ctx context.Context) (*Status, error) {
 	for _, e := range entries {
 		st.Entries = append(st.Entries, e.FileName())
 	}
+	st.MeasuredBoot = a.measuredBoot(s.disk)
 	return st, nil
 }
 
@@ -483,6 +610,7 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 	}
 	in := &install.Installer{Disk: s.disk, Manifest: m, Fetcher: f, Slot: slot, Active: s.booted.Slot, Retry: a.Retry,
 		Progress: progress, VerifyProgress: verifyProgress, Point: a.Point, Log: a.log(), EFIVars: a.efiVars(),
+		TPMDevice: a.TPMDevice, SkipStateProof: a.ImageMode && a.TPMDevice == "",
 		Checkpoint: func(n int) error {
 			if err := a.apply(s, state.Event{Kind: state.Progress, Blocks: n}); err != nil {
 				return err
@@ -723,7 +851,7 @@ func (a *Agent) RunHealth(ctx context.Context, noReboot bool) (HealthResult, err
 	if st.State.Phase != state.Trying {
 		return res, nil
 	}
-	r := &health.Runner{Client: a.HTTP, Sleep: a.HealthSleep}
+	r := &health.Runner{Client: a.HTTP, Sleep: a.HealthSleep, StateLock: a.stateLockPath()}
 	herr := r.Run(ctx, a.Config.Health.Checks, time.Duration(a.Config.Health.Deadline))
 	if ctx.Err() != nil {
 		return res, fmt.Errorf("health checks of %s stopped: %w", st.Running, ctx.Err())

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -156,6 +157,7 @@ func NewRoot(stdout, stderr io.Writer, hooks func(*agent.Agent) error) *cobra.Co
 					fmt.Fprintf(stdout, "repaired  %s\n", g)
 				}
 			}
+			printMeasuredBoot(stdout, st.MeasuredBoot)
 			return nil
 		},
 	}
@@ -307,6 +309,43 @@ func NewRoot(stdout, stderr io.Writer, hooks func(*agent.Agent) error) *cobra.Co
 
 	root.AddCommand(status, check, inst, markGood, rollback, healthCmd, daemonCmd)
 	return root
+}
+
+// printMeasuredBoot prints status's measured-boot lines: the state volume's lock, the security epochs,
+// the PCR 7 binding, rollback protection and the recovery escrow.
+func printMeasuredBoot(w io.Writer, mb *agent.MeasuredBoot) {
+	if mb == nil {
+		return
+	}
+	if mb.State != "" {
+		fmt.Fprintf(w, "data      state volume %s", mb.State)
+		if mb.Reason != "" {
+			fmt.Fprintf(w, " (%s): %s", mb.Reason, mb.Detail)
+		}
+		fmt.Fprintln(w)
+		revoked := "none"
+		if len(mb.Revoked) > 0 {
+			revoked = strings.Trim(fmt.Sprint(mb.Revoked), "[]")
+		}
+		fmt.Fprintf(w, "epoch     %d (revoked: %s)\n", mb.Epoch, revoked)
+		if mb.PCR7 {
+			fmt.Fprintln(w, "pcr7      bound: a change of Secure Boot state or databases needs the recovery key")
+		} else {
+			fmt.Fprintln(w, "pcr7      not bound")
+		}
+		if mb.RollbackProtection {
+			fmt.Fprintln(w, "rollback  protected (TPM owner authorization set by Basalt)")
+		} else {
+			fmt.Fprintln(w, "rollback  unprotected: the rollback index could be reset")
+		}
+	}
+	if e := mb.Escrow; e != nil {
+		if e.Present {
+			fmt.Fprintf(w, "recovery  escrowed on the ESP: %s\n", e.Path)
+		} else {
+			fmt.Fprintf(w, "recovery  no escrow on the ESP (%s)\n", e.Path)
+		}
+	}
 }
 
 // agent builds the agent for a command, logging as text to logw.

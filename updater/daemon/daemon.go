@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -232,8 +233,15 @@ func (d *Daemon) observe(ctx context.Context) *agent.Status {
 	}
 	d.Metrics.SetRunning(st.Running, st.Slot)
 	d.Metrics.SetState(string(st.State.Phase))
+	var parts []string
 	if st.Boot != nil {
-		d.Metrics.SetDegraded(st.Boot.DegradedParts())
+		parts = st.Boot.DegradedParts()
+	}
+	if mb := st.MeasuredBoot; mb != nil && mb.State == bootreport.LockLocked && !slices.Contains(parts, "state") {
+		parts = append(parts, "state") // the state volume stayed locked: /var is a tmpfs
+	}
+	if st.Boot != nil || len(parts) > 0 {
+		d.Metrics.SetDegraded(parts)
 	}
 	return st
 }

@@ -36,6 +36,8 @@ type fakeAgent struct {
 	noReboot bool
 	// switchOnInstall: a successful install leaves the state switched (else the phase is kept).
 	switchOnInstall bool
+	// measured is what Status says of measured boot.
+	measured *agent.MeasuredBoot
 }
 
 func (f *fakeAgent) RequestReboot(context.Context) (bool, error) {
@@ -54,7 +56,7 @@ func (f *fakeAgent) RequestReboot(context.Context) (bool, error) {
 }
 
 func (f *fakeAgent) Status(context.Context) (*agent.Status, error) {
-	return &agent.Status{Running: f.running, Slot: "root-a", State: state.State{Phase: f.phase, Target: "2.0.0"}}, nil
+	return &agent.Status{Running: f.running, Slot: "root-a", State: state.State{Phase: f.phase, Target: "2.0.0"}, MeasuredBoot: f.measured}, nil
 }
 
 func (f *fakeAgent) RunHealth(context.Context, bool) (agent.HealthResult, error) {

@@ -1,17 +1,21 @@
 // Package health runs the post-boot health checks of a new version: a command's exit code, an HTTP
 // probe, a file's presence, a systemd unit being active. Checks are retried until they pass or the
-// deadline ends, so services that start slowly get their time.
+// deadline ends, so services that start slowly get their time. Before them, a built-in check fails at
+// once when basalt-init left the state volume locked: a version that cannot open the data is never
+// blessed.
 package health
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
 	"time"
 
+	"github.com/basalt-os/basalt/bootloader/bootreport"
 	"github.com/basalt-os/basalt/internal/wait"
 	"github.com/basalt-os/basalt/updater/config"
 )
@@ -22,7 +26,8 @@ var ErrUnhealthy = errors.New("health check failed")
 // CheckError is Run's error: the check that did not pass before the deadline. It wraps ErrUnhealthy
 // and the check's last error.
 type CheckError struct {
-	// Index is the check's position in the configuration; Check describes it (Describe).
+	// Index is the check's position in the configuration (-1: a built-in check); Check describes it
+	// (Describe, or StateUnlockedCheck).
 	Index int
 	Check string
 	// Deadline is the time all checks had.
@@ -32,6 +37,9 @@ type CheckError struct {
 }
 
 func (e *CheckError) Error() string {
+	if e.Index < 0 {
+		return fmt.Sprintf("%v: built-in check (%s): %v", ErrUnhealthy, e.Check, e.Err)
+	}
 	return fmt.Sprintf("%v: check %d (%s): %v (deadline %v)", ErrUnhealthy, e.Index, e.Check, e.Err, e.Deadline)
 }
 
@@ -46,11 +54,44 @@ type Runner struct {
 	Interval time.Duration
 	// Sleep waits (nil: a timer); tests pass one that returns at once.
 	Sleep func(ctx context.Context, d time.Duration) error
+	// StateLock is basalt-init's state report (bootreport.StateLockPath on a device; "": no built-in
+	// check), read by the built-in check StateUnlockedCheck.
+	StateLock string
 }
 
-// Run runs every check in order, each retried until it passes, all within deadline. It returns nil
-// when all pass, or a *CheckError (wrapping ErrUnhealthy) that names the first check that did not.
+// StateUnlockedCheck names the built-in check that runs before the configured ones: the state volume
+// is open (StateUnlocked).
+const StateUnlockedCheck = "state unlocked"
+
+// ErrStateLocked is wrapped by StateUnlocked's error when basalt-init left the state volume closed.
+var ErrStateLocked = errors.New("state locked")
+
+// StateUnlocked checks basalt-init's state report at path: a state volume it left closed (the TPM
+// refused this version) fails with "state locked (<reason>): <detail>". A missing report (an older
+// basalt-init) passes. Nothing retries this: the report is written once, before switch_root.
+func StateUnlocked(path string) error {
+	lock, err := bootreport.ReadStateLock(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !lock.Open() {
+		return fmt.Errorf("%w (%s): %s", ErrStateLocked, lock.Reason, lock.Detail)
+	}
+	return nil
+}
+
+// Run runs the built-in check (StateLock; its failure is final at once), then every configured check
+// in order, each retried until it passes, all within deadline. It returns nil when all pass, or a
+// *CheckError (wrapping ErrUnhealthy) that names the first check that did not.
 func (r *Runner) Run(ctx context.Context, checks []config.Check, deadline time.Duration) error {
+	if r.StateLock != "" {
+		if err := StateUnlocked(r.StateLock); err != nil {
+			return &CheckError{Index: -1, Check: StateUnlockedCheck, Deadline: deadline, Err: err}
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	for i, c := range checks {

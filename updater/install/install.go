@@ -2,7 +2,11 @@
 // it: a streaming, resumable download of the manifest's payload (every block checked against the signed
 // block index before it is decompressed or written), a read-back check of the slot's dm-verity tree, the
 // slot's GPT partition UUID, and the UKI placed on the ESP under a temporary name and renamed to
-// "<name>_<version>+3.efi" - the one atomic switch.
+// "<name>_<version>+3.efi" - the one atomic switch. Before the switch the UKI must show that it would
+// boot: its command line names the verified root, systemd-boot would try it first, the firmware's
+// Secure Boot accepts it, and when the state partition is sealed to the TPM, the TPM proves that its
+// initrd would open it (state.go); and after a boot, the entries of versions whose security epoch the
+// TPM revoked are removed.
 //
 // Each step is idempotent, so the caller (the updater's state machine) can repeat the step a power cut
 // interrupted. Errors say what kind of failure they are: ErrDownload (network: try again later),
@@ -68,6 +72,12 @@ type Installer struct {
 	// "" on a disk image, which has no firmware): before the switch the new UKI's signature is checked
 	// against its Secure Boot db and dbx.
 	EFIVars string
+	// TPMDevice is the TPM that sealed this disk's state key, which the new UKI is proved against
+	// before the switch: a character device ("": keys/tpm.DevicePath) or the Unix socket of a software
+	// TPM (swtpm, in tests).
+	TPMDevice string
+	// SkipStateProof leaves that proof out (a disk image: the TPM of this machine is not the disk's).
+	SkipStateProof bool
 	// Log receives what the install decides without failing (nil: nothing).
 	Log *slog.Logger
 	// Point, if set, is called at the commit points of an install, for fault-injection tests (a
@@ -76,6 +86,13 @@ type Installer struct {
 	// "switch-before-rename" once the new UKI is on the ESP under its temporary name,
 	// "switch-after-rename" right after the rename that is the switch.
 	Point func(name string)
+}
+
+func (in *Installer) log() *slog.Logger {
+	if in.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return in.Log
 }
 
 func (in *Installer) point(name string) {
@@ -343,11 +360,13 @@ func TempEntryName(m *images.Manifest) string {
 	return path.Join(sdboot.EntryDir, m.EntryName()+".tmp")
 }
 
-// Switch downloads the UKI, checks its size and sha256 against the manifest, writes it to the ESP under
-// a temporary name, reads it back and checks it again, then renames it to "<name>_<version>+3.efi":
-// from that rename on, the next boot tries the new version. If an entry of this version already exists
-// (a repeated call) and its sha256 matches the manifest, nothing is done, unless it has no tries left:
-// then it gets a fresh counter. An existing entry that does not match is replaced.
+// Switch downloads the UKI, checks its size and sha256 against the manifest, checks that it would boot
+// and open this device's state (checkUKI, checkBootsFirst, checkFirmware, checkState: a refusal writes
+// nothing), writes it to the ESP under a temporary name, reads it back and checks it again, then
+// renames it to "<name>_<version>+3.efi": from that rename on, the next boot tries the new version. If
+// an entry of this version already exists (a repeated call) and its sha256 matches the manifest,
+// nothing is done, unless it has no tries left: then it gets a fresh counter, once its UKI proves again
+// that it opens the state. An existing entry that does not match is replaced.
 func (in *Installer) Switch(ctx context.Context) error {
 	if err := in.check(); err != nil {
 		return err
@@ -371,6 +390,9 @@ func (in *Installer) Switch(ctx context.Context) error {
 			if !e.Bad() {
 				return nil
 			}
+			if err := in.checkState(have); err != nil {
+				return err
+			}
 			return sdboot.Rename(esp, e, fresh)
 		}
 		// Not the signed UKI (a cut write, corruption, or another build of the same version): replace it.
@@ -390,6 +412,9 @@ func (in *Installer) Switch(ctx context.Context) error {
 		return err
 	}
 	if err := in.checkFirmware(uki); err != nil {
+		return err
+	}
+	if err := in.checkState(uki); err != nil {
 		return err
 	}
 	tmp := TempEntryName(m)
@@ -438,10 +463,7 @@ func (in *Installer) checkBootsFirst(info *ukifile.Info, fresh sdboot.Entry) err
 // UKI (its db does not trust the signer, dbx revokes it, or it is unsigned): systemd-boot would then
 // stop with "Access Denied" and the firmware go on to PXE or its shell, with nobody on site.
 func (in *Installer) checkFirmware(uki []byte) error {
-	log := in.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := in.log()
 	if in.EFIVars == "" {
 		return nil
 	}

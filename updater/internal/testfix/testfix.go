@@ -109,12 +109,12 @@ type Repo struct {
 	basalt string
 }
 
-// NewRepo runs `basalt keys init` (ed25519 TUF keys, one root key, an ECDSA PCR-policy key) into
+// NewRepo runs `basalt keys init` (ed25519 TUF keys, one root key, an RSA-2048 PCR-policy key) into
 // <dir>/keys and `basalt repo init` into <dir>/repo. initArgs are extra flags for repo init, such as
 // "--expires-timestamp", "24h".
 func NewRepo(basalt, dir string, initArgs ...string) (*Repo, error) {
 	r := &Repo{Dir: filepath.Join(dir, "repo"), Keys: filepath.Join(dir, "keys"), basalt: basalt}
-	if err := run(basalt, "keys", "init", "--dir", r.Keys, "--algorithm", "ed25519", "--pcr-algorithm", "ecdsa-p256"); err != nil {
+	if err := run(basalt, "keys", "init", "--dir", r.Keys, "--algorithm", "ed25519", "--pcr-algorithm", "rsa-2048"); err != nil {
 		return nil, err
 	}
 	if err := run(basalt, append([]string{"repo", "init", "--repo", r.Dir, "--keys", r.Keys}, initArgs...)...); err != nil {
