@@ -42,7 +42,7 @@ mkdir -p "$dir/lib/modules/$rel"
 # uses.
 mods=(virtio*.ko dm-*.ko ext4.ko jbd2.ko mbcache.ko crc16.ko reed_solomon.ko vfat.ko fat.ko overlay.ko i6300esb.ko
   net_failover.ko failover.ko nls_cp437.ko nls_ascii.ko nls_utf8.ko crc32c_generic.ko libcrc32c.ko efivarfs.ko
-  watchdog.ko qemu_fw_cfg.ko)
+  watchdog.ko qemu_fw_cfg.ko xts.ko ecb.ko cryptd.ko crypto_simd.ko aesni-intel.ko)
 find_args=()
 for m in "${mods[@]}"; do find_args+=(-o -name "$m"); done
 (cd "$kdir/lib/modules/$rel" && find kernel \( "${find_args[@]:1}" \) -print0 | cpio -0pdm --quiet "$dir/lib/modules/$rel")

@@ -75,7 +75,7 @@ func (r *Report) DegradedParts() []string {
 // with the part's name.
 func (r *Report) Degraded() []string {
 	var out []string
-	if r.State == StateBackupSB || r.State == StateTemporary {
+	if r.State == StateBackupSB || r.State == StateTemporary || r.State == StateLocked {
 		out = append(out, fmt.Sprintf("state %s: %s", r.State, r.StateDetail))
 	}
 	if r.ESP == ESPUnavailable {

@@ -26,7 +26,6 @@ const (
 	ModulesList = "/etc/basalt-init/modules"
 	OverlayDir  = "/var/lib/basalt/overlay/etc" // on the state filesystem, under the new root
 	VerityName  = "root"
-	PCR11Path   = "/sys/class/tpm/tpm0/pcr-sha256/11"
 	EFIVarsDir  = "/sys/firmware/efi/efivars"
 	// LoaderDevicePartUUIDVar is the efivarfs file of systemd-boot's LoaderDevicePartUUID variable
 	// (the partition UUID of the ESP it was started from).
@@ -72,6 +71,12 @@ type Boot struct {
 	// ArmWatchdog arms the watchdog device at path with a timeout in seconds and returns the timeout
 	// the driver took (nil: watchdog.Arm).
 	ArmWatchdog func(path string, seconds int) (int, error)
+	// OpenTPM opens the TPM (nil, or an error: no TPM; the state then opens only with the recovery key).
+	OpenTPM func() (TPM, error)
+	// Crypt creates the state volume's dm-crypt device.
+	Crypt CryptMapper
+	// Prompt asks for a line on the console and waits at most timeout (nil: no console to ask on).
+	Prompt func(prompt string, timeout time.Duration) (string, error)
 }
 
 // Result is what Run found and set up.
@@ -87,6 +92,8 @@ type Result struct {
 	// Report is what this boot had to do without or repaired; Run writes it to /run/basalt/boot.json in
 	// the new root.
 	Report *bootreport.Report
+	// StateLock says whether the state volume opened (written to /run/basalt/state.json).
+	StateLock *bootreport.StateLock
 }
 
 func (b *Boot) path(p string) string {
@@ -134,6 +141,9 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 	res := &Result{Cmdline: cl, Report: &bootreport.Report{Version: cl.Version}}
 	// Early: a hang from here on (a disk that never answers, an init that deadlocks) ends in a reset.
 	b.armWatchdog(cl, res.Report)
+	m := b.enterInitrd()
+	m.cmdline = cl
+	res.StateLock = m.lock
 	partUUID := cl.PartUUID()
 	b.Logf("looking for root partition %s (version %s)", partUUID, cl.Version)
 	timeout, interval := b.RootTimeout, b.PollInterval
@@ -182,16 +192,21 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 	if !haveRun {
 		b.Logf("WARNING: no /run in the root image: no boot report, and no temporary /etc if its overlay fails")
 	}
-	if err := b.mountState(res.Disk, rep); err != nil {
+	// The ESP before state: provisioning escrows the recovery key there, and the rollback epoch rises
+	// only when this version's entry on it is blessed.
+	b.mountESP(res.Disk, rep)
+	if err := b.openState(res.Disk, m, rep); err != nil {
 		return nil, err
 	}
-	res.Created, res.TemporaryVar = rep.State == bootreport.StateCreated, rep.State == bootreport.StateTemporary
-	b.mountEtc(rep, haveRun)
-	b.mountESP(res.Disk, rep)
-	b.Logf("root verified: version=%s partuuid=%s device=%s", cl.Version, partUUID, res.Root.Device)
-	if pcr, err := os.ReadFile(b.path(PCR11Path)); err == nil {
-		b.Logf("pcr11=%s", strings.ToLower(strings.TrimSpace(string(pcr))))
+	b.lockEpochs(m) // on every path: nothing after the initrd may change the rollback index
+	m.lock.Epoch = m.epoch
+	// Before anything else runs: from here on PCR 11 matches no signed policy.
+	if err := b.leaveInitrd(m); err != nil {
+		return nil, err
 	}
+	res.Created, res.TemporaryVar = rep.State == bootreport.StateCreated, rep.State == bootreport.StateTemporary || rep.State == bootreport.StateLocked
+	b.mountEtc(rep, haveRun)
+	b.Logf("root verified: version=%s partuuid=%s device=%s", cl.Version, partUUID, res.Root.Device)
 	for _, d := range rep.Degraded() {
 		b.Logf("DEGRADED: %s", d)
 	}
@@ -199,6 +214,7 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 		if err := bootreport.Write(b.path(SysRoot+bootreport.Path), rep); err != nil {
 			b.Logf("WARNING: %v", err)
 		}
+		b.writeStateLock(m)
 	}
 	return res, nil
 }
@@ -296,9 +312,8 @@ func (b *Boot) setupVerity(res *Result) (string, error) {
 // gets its filesystem; an ext4 whose primary superblock will not mount is mounted from a backup
 // superblock; anything else that will not mount (a torn superblock with no usable backup, a bad
 // journal, read errors) is left alone, never formatted, and /var is a tmpfs for this boot. What happened
-// goes into rep. Only a failure to mount even the tmpfs is an error.
-//
-// TODO(state encryption): unlock the state partition with a TPM-sealed key (dm-crypt) before this.
+// goes into rep. Only a failure to mount even the tmpfs is an error. An encrypted state volume is
+// opened before this (openState); mountState handles a plain one.
 func (b *Boot) mountState(d *Disk, rep *bootreport.Report) error {
 	temporary := func(why string) error {
 		rep.State, rep.StateDetail = bootreport.StateTemporary, why
@@ -323,21 +338,7 @@ func (b *Boot) mountState(d *Disk, rep *bootreport.Report) error {
 	case err != nil:
 		return temporary(fmt.Sprintf("%s: %v", state.Device, err))
 	case has:
-		merr := b.mount(state.Device, SysRoot+"/var", "ext4", stateMountOpt, "")
-		if merr == nil {
-			rep.State = bootreport.StateMounted
-			return nil
-		}
-		b.Logf("WARNING: %v; trying the backup superblocks", merr)
-		for _, sb := range BackupSuperblocks(state.Size) {
-			if err := b.mount(state.Device, SysRoot+"/var", "ext4", stateMountOpt, fmt.Sprintf("sb=%d", sb)); err == nil {
-				rep.State = bootreport.StateBackupSB
-				rep.StateDetail = fmt.Sprintf("%s: the primary superblock would not mount (%v); mounted with sb=%d: run e2fsck on it", state.Device, unwrapMount(merr), sb)
-				b.Logf("WARNING: state partition %s mounted from the backup superblock (sb=%d)", state.Device, sb)
-				return nil
-			}
-		}
-		return temporary(fmt.Sprintf("%s: ext4 that will not mount (%v), nor from a backup superblock", state.Device, unwrapMount(merr)))
+		return b.mountExt4(state.Device, state.Size, rep)
 	case blank:
 		b.Logf("creating the state filesystem on %s (%d MiB)", state.Device, state.Size>>20)
 		if err := b.Mkfs(state.Device, state.Size); err != nil {
@@ -351,6 +352,29 @@ func (b *Boot) mountState(d *Disk, rep *bootreport.Report) error {
 	default:
 		return temporary(fmt.Sprintf("%s holds no ext4 and is not blank: not formatting it", state.Device))
 	}
+}
+
+// mountExt4 mounts the state ext4 on dev (size bytes) on /sysroot/var, from a backup superblock when
+// the primary one will not mount; if none will, /var is a tmpfs for this boot and the device is left
+// alone. What happened goes into rep.
+func (b *Boot) mountExt4(dev string, size int64, rep *bootreport.Report) error {
+	merr := b.mount(dev, SysRoot+"/var", "ext4", stateMountOpt, "")
+	if merr == nil {
+		rep.State = bootreport.StateMounted
+		return nil
+	}
+	b.Logf("WARNING: %v; trying the backup superblocks", merr)
+	for _, sb := range BackupSuperblocks(size) {
+		if err := b.mount(dev, SysRoot+"/var", "ext4", stateMountOpt, fmt.Sprintf("sb=%d", sb)); err == nil {
+			rep.State = bootreport.StateBackupSB
+			rep.StateDetail = fmt.Sprintf("%s: the primary superblock would not mount (%v); mounted with sb=%d: run e2fsck on it", dev, unwrapMount(merr), sb)
+			b.Logf("WARNING: state partition %s mounted from the backup superblock (sb=%d)", dev, sb)
+			return nil
+		}
+	}
+	rep.State, rep.StateDetail = bootreport.StateTemporary, fmt.Sprintf("%s: ext4 that will not mount (%v), nor from a backup superblock", dev, unwrapMount(merr))
+	b.Logf("WARNING: state partition: %s; /var is temporary for this boot (the partition is left as it is)", rep.StateDetail)
+	return b.mount("tmpfs", SysRoot+"/var", "tmpfs", stateMountOpt, "mode=0755")
 }
 
 // unwrapMount returns the errno of a mount error, or err itself.

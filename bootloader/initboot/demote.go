@@ -58,17 +58,23 @@ func (b *Boot) rootBroken(res *Result, cause error) error {
 	return fmt.Errorf("%w (version %s demoted; falling back to %s)", cause, own.Version, other.Version)
 }
 
-// pickFallback finds, on the ESP mounted at dir, this version's entry (the one whose UKI names this
-// root hash and version) and another blessed entry of the same OS whose root lies in another partition
-// of this disk. Only a blessed own entry needs demoting: one with a counter falls back by itself.
-func pickFallback(dir string, res *Result) (own, other sdboot.Entry, err error) {
+// findOwnEntry returns, on the ESP mounted at dir, this version's entry: the one whose UKI names this
+// root hash and version.
+func findOwnEntry(dir string, cl *Cmdline) (sdboot.Entry, error) {
+	own, _, err := scanEntries(dir, cl)
+	return own, err
+}
+
+// scanEntries lists the entries on the ESP mounted at dir, returns this version's and maps each entry
+// file name to the root partition UUID its UKI names.
+func scanEntries(dir string, cl *Cmdline) (own sdboot.Entry, roots map[string]string, err error) {
 	entries, err := sdboot.List(sdboot.OSDir(dir))
 	if err != nil {
-		return own, other, err
+		return own, nil, err
 	}
-	roots := map[string]string{} // entry file name -> root partition UUID
+	roots = map[string]string{} // entry file name -> root partition UUID
 	found := false
-	want := hex.EncodeToString(res.Cmdline.RootHash)
+	want := hex.EncodeToString(cl.RootHash)
 	for _, e := range entries {
 		info, err := ukifile.ReadFile(dir + "/" + e.Path())
 		if err != nil {
@@ -80,15 +86,30 @@ func pickFallback(dir string, res *Result) (own, other sdboot.Entry, err error) 
 		}
 		u, _ := images.RootPartUUID(h)
 		roots[e.FileName()] = u
-		if strings.EqualFold(info.Param("roothash"), want) && e.Version == res.Cmdline.Version {
+		if strings.EqualFold(info.Param("roothash"), want) && e.Version == cl.Version {
 			own, found = e, true
 		}
 	}
-	switch {
-	case !found:
-		return own, other, fmt.Errorf("no entry on the ESP boots root hash %s (version %s)", want, res.Cmdline.Version)
-	case !own.Blessed():
+	if !found {
+		return own, roots, fmt.Errorf("no entry on the ESP boots root hash %s (version %s)", want, cl.Version)
+	}
+	return own, roots, nil
+}
+
+// pickFallback finds, on the ESP mounted at dir, this version's entry and another blessed entry of the
+// same OS whose root lies in another partition of this disk. Only a blessed own entry needs demoting:
+// one with a counter falls back by itself.
+func pickFallback(dir string, res *Result) (own, other sdboot.Entry, err error) {
+	own, roots, err := scanEntries(dir, res.Cmdline)
+	if err != nil {
+		return own, other, err
+	}
+	if !own.Blessed() {
 		return own, other, fmt.Errorf("entry %s has a boot counter: boot counting falls back by itself", own.FileName())
+	}
+	entries, err := sdboot.List(sdboot.OSDir(dir))
+	if err != nil {
+		return own, other, err
 	}
 	for _, e := range entries {
 		if e.Name != own.Name || e.Version == own.Version || !e.Blessed() {

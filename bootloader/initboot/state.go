@@ -29,10 +29,8 @@ func HasExt4(r io.ReaderAt, off int64) (bool, error) {
 }
 
 // MakeStateFS writes an empty ext4 filesystem labelled "state" of size bytes at byte start of the
-// device or file at path. Its UUID is random.
-//
-// TODO(state encryption): the state partition is to be a LUKS2/dm-crypt volume whose key is sealed to
-// the TPM with PolicyAuthorize under the PCR-policy key; until then it is plain ext4.
+// device or file at path (the dm-crypt device of the state volume, or a plain partition). Its UUID is
+// random.
 func MakeStateFS(path string, start, size int64) error {
 	// Not exclusive: the whole disk may be open elsewhere (we read its GPT through it).
 	be, err := file.OpenFromPathWithExclusive(path, false, false)

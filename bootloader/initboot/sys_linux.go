@@ -6,7 +6,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -40,6 +42,75 @@ func (DMMapper) CreateReadOnly(name string, t dm.Target) (string, error) {
 		return "", fmt.Errorf("device node of %s: %w", name, err)
 	}
 	return node, nil
+}
+
+// CreateCrypt creates the read-write dm-crypt device name with UUID uuid and target t, whose table
+// names the volume key as a logon key: the key lives in a keyring only for the table load
+// (dm.Control.CreateWithLogonKey), and the kernel keeps its own copy, which user space cannot read.
+func (DMMapper) CreateCrypt(name, uuid string, t dm.Target, key []byte) (string, error) {
+	c, err := dm.Open(dm.ControlPath)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	major, minor, err := c.CreateWithLogonKey(name, uuid, []dm.Target{t}, false, stateKeyDesc, key)
+	if err != nil {
+		return "", err
+	}
+	node := "/dev/mapper/" + name
+	if err := dm.EnsureNode(node, major, minor); err != nil {
+		return "", fmt.Errorf("device node of %s: %w", name, err)
+	}
+	return node, nil
+}
+
+// ConsolePrompt writes prompt to the console and reads one line from it without echo, waiting at most
+// timeout. It fails when there is no console to read from.
+func ConsolePrompt(prompt string, timeout time.Duration) (string, error) {
+	f, err := os.OpenFile("/dev/console", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if old, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
+		quiet := *old
+		quiet.Lflag &^= unix.ECHO
+		quiet.Lflag |= unix.ICANON
+		if unix.IoctlSetTermios(fd, unix.TCSETS, &quiet) == nil {
+			defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+		}
+	}
+	fmt.Fprint(f, prompt)
+	defer fmt.Fprintln(f)
+	deadline := time.Now().Add(timeout)
+	var line []byte
+	buf := make([]byte, 256)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return "", errors.New("no recovery key typed in time")
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(left/time.Millisecond)+1)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return "", err
+		}
+		if n <= 0 {
+			continue
+		}
+		k, err := f.Read(buf)
+		if err != nil {
+			return "", err
+		}
+		line = append(line, buf[:k]...)
+		if i := strings.IndexAny(string(line), "\r\n"); i >= 0 {
+			return string(line[:i]), nil
+		}
+		if len(line) > 4096 {
+			return "", errors.New("recovery key: line too long")
+		}
+	}
 }
 
 // KernelRelease is uname -r.

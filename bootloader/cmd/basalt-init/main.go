@@ -1,6 +1,8 @@
 // Command basalt-init is the initrd's /init (PID 1): it loads the initrd's kernel modules, finds the
 // root partition named by the verity root hash on the kernel command line, mounts it read-only through
-// dm-verity, mounts the state partition, the /etc overlay and the ESP, and switches to the OS's init.
+// dm-verity, opens the encrypted state partition with the key the TPM releases to a genuine image (or
+// provisions it on the first boot), mounts it, the /etc overlay and the ESP, extends PCR 11 past the
+// phase the state key is sealed to, and switches to the OS's init.
 // On any failure it prints "basalt-init: FATAL: ..." and reboots; it never starts a shell.
 //
 // Build it static: CGO_ENABLED=0 go build ./bootloader/cmd/basalt-init
@@ -17,9 +19,13 @@ import (
 
 	"github.com/basalt-os/basalt/bootloader/initboot"
 	"github.com/basalt-os/basalt/bootloader/kmod"
+	"github.com/basalt-os/basalt/keys/tpm"
 )
 
-const prefix = "basalt-init: "
+const (
+	prefix    = "basalt-init: "
+	tpmDevice = "/dev/tpmrm0"
+)
 
 // console writes each line to the console and to the kernel log.
 type console struct {
@@ -64,7 +70,16 @@ func main() {
 		Mkfs: func(dev string, size int64) error {
 			return initboot.MakeStateFS(dev, 0, size)
 		},
-		Logf: c.logf,
+		Logf:   c.logf,
+		Crypt:  initboot.DMMapper{},
+		Prompt: initboot.ConsolePrompt,
+		OpenTPM: func() (initboot.TPM, error) {
+			t, _, err := tpm.OpenDevice(tpmDevice) // kept open until switch_root
+			if err != nil {
+				return nil, err
+			}
+			return t, nil
+		},
 	}
 	if err := b.EarlyMounts(); err != nil {
 		c.fatal(err)

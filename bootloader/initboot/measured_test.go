@@ -1,0 +1,291 @@
+package initboot
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/basalt-os/basalt/bootloader/bootreport"
+	"github.com/basalt-os/basalt/bootloader/dm"
+	"github.com/basalt-os/basalt/bootloader/luks2"
+	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/internal/testtool"
+	"github.com/basalt-os/basalt/keys/tpm"
+)
+
+// fakeCrypt records the dm-crypt devices basalt-init creates.
+type fakeCrypt struct{ tables, keys []string }
+
+func (f *fakeCrypt) CreateCrypt(name, uuid string, t dm.Target, key []byte) (string, error) {
+	f.tables = append(f.tables, name+" "+uuid+": "+t.String())
+	f.keys = append(f.keys, hex.EncodeToString(key))
+	return "/dev/mapper/" + name, nil
+}
+
+// measuredFixture is a boot fixture with a TPM (swtpm) and an image signed for what its "stub"
+// measures into PCR 11.
+type measuredFixture struct {
+	*bootFixture
+	tpm   *testtool.SWTPM
+	key   *rsa.PrivateKey
+	crypt *fakeCrypt
+}
+
+func newMeasuredFixture(t *testing.T) *measuredFixture {
+	t.Helper()
+	f := &measuredFixture{bootFixture: newBootFixture(t), tpm: testtool.StartSWTPM(t, t.TempDir()), crypt: &fakeCrypt{}}
+	if err := os.MkdirAll(filepath.Join(f.root, "sysroot/run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if f.key, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := json.Marshal(images.InitrdTPMConfig{Required: true, SecureBootPCR: true, RecoveryPrint: true})
+	writeFile(t, filepath.Join(f.root, images.TPMConfigPath), string(cfg))
+	pkey, err := images.MarshalPCRKey(&f.key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(f.root, images.StubPCRPKeyPath), string(pkey))
+	return f
+}
+
+// open returns a keys/tpm client on the swtpm, which serves one connection at a time: close it
+// after use.
+func (f *measuredFixture) open(t *testing.T) (*tpm.TPM, func()) {
+	t.Helper()
+	tr, err := f.tpm.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tpm.New(tr), func() { tr.Close() }
+}
+
+// stub measures "a UKI" into PCR 11 as systemd-stub would (one extension stands in for its sections)
+// and signs this image's policy for the value that gives at enter-initrd.
+func (f *measuredFixture) stub(t *testing.T, uki string, sign bool) {
+	t.Helper()
+	tp, done := f.open(t)
+	defer done()
+	if err := tp.ExtendPhase(uki); err != nil {
+		t.Fatal(err)
+	}
+	if !sign {
+		return
+	}
+	var sig images.PCRSig
+	nv, err := images.RollbackNVName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bank := range images.Banks {
+		pcr, err := tp.PCR(bank, images.PCRKernelBoot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := bank.ExtendPhase(pcr, images.SignedPhase)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := images.NewPCRSigEntry(f.key, bank, want, 0, nv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig.Add(bank, e)
+	}
+	data, _ := sig.Marshal()
+	writeFile(t, filepath.Join(f.root, images.StubPCRSigPath), string(data))
+}
+
+func (f *measuredFixture) run(t *testing.T) (*Result, error) {
+	f.m = &fakeMounter{root: f.root, fail: f.fail}
+	f.logs = nil
+	var opened []func() error
+	defer func() {
+		for _, c := range opened {
+			c()
+		}
+	}()
+	b := &Boot{Root: f.root, Mounter: f.m, Mapper: &fakeMapper{}, Crypt: f.crypt,
+		OpenTPM: func() (TPM, error) {
+			tr, err := f.tpm.Open()
+			if err != nil {
+				return nil, err
+			}
+			opened = append(opened, tr.Close)
+			return tpm.New(tr), nil
+		},
+		Mkfs:        func(string, int64) error { f.mkfs++; return nil },
+		Logf:        func(format string, a ...any) { f.logs = append(f.logs, fmt.Sprintf(format, a...)) },
+		RootTimeout: 1e9, PollInterval: 1e7}
+	return b.Run(t.Context())
+}
+
+func (f *measuredFixture) stateLock(t *testing.T) *bootreport.StateLock {
+	t.Helper()
+	s, err := bootreport.ReadStateLock(filepath.Join(f.root, SysRoot, bootreport.StateLockPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+var recoveryRE = regexp.MustCompile(`RECOVERY KEY \(shown once, write it down\): ([cbdefghijklnrtuv-]{71})`)
+
+// The first boot on a blank state provisions a LUKS2 volume that cryptsetup opens with the recovery
+// key; after a power cycle the same image opens it with the TPM (same volume key, header unchanged);
+// a UKI that measures differently gets pcr11-mismatch: state locked, /var a tmpfs, the flag file set.
+func TestMeasuredStateLifecycle(t *testing.T) {
+	f := newMeasuredFixture(t)
+	f.stub(t, "uki 1.0.0", true)
+	if _, err := f.run(t); err != nil {
+		t.Fatalf("Run: %v\n%s", err, strings.Join(f.logs, "\n"))
+	}
+	logs := strings.Join(f.logs, "\n")
+	if !strings.Contains(logs, "state provisioned: LUKS2") || f.mkfs != 1 {
+		t.Fatalf("not provisioned (mkfs %d):\n%s", f.mkfs, logs)
+	}
+	if s := f.stateLock(t); s.State != bootreport.LockProvisioned || !s.PCR7 || s.Recovery != bootreport.RecoveryPrinted || !s.RollbackProtection {
+		t.Errorf("state report %+v", s)
+	}
+	if len(f.crypt.tables) != 1 || !strings.Contains(f.crypt.tables[0], "crypt aes-xts-plain64 :64:logon:basalt:state 0 /dev/vda4 32768 1 sector_size:4096") {
+		t.Errorf("dm-crypt tables %q", f.crypt.tables)
+	}
+	m := recoveryRE.FindStringSubmatch(logs)
+	if m == nil {
+		t.Fatalf("no recovery key printed:\n%s", logs)
+	}
+	// cryptsetup, the reference, reads what basalt-init wrote.
+	part := filepath.Join(t.TempDir(), "state.img")
+	extractPart(t, f.img.devPath, f.state.Start, f.state.Size(), part)
+	dump, err := exec.Command(testtool.Require(t, "cryptsetup", "cryptsetup-bin"), "luksDump", part).CombinedOutput()
+	if err != nil || !strings.Contains(string(dump), "basalt-tpm2") {
+		t.Fatalf("cryptsetup luksDump: %v\n%s", err, dump)
+	}
+	keyFile := filepath.Join(t.TempDir(), "key")
+	writeFile(t, keyFile, m[1])
+	if out, err := exec.Command("cryptsetup", "open", "--test-passphrase", "--key-slot", "1", "--key-file", keyFile, part).CombinedOutput(); err != nil {
+		t.Fatalf("cryptsetup does not open the volume with the printed recovery key: %v\n%s", err, out)
+	}
+	header := readHeaderBytes(t, f.img.devPath, f.state.Start)
+
+	// Power cycle: the same image opens the same volume with the TPM.
+	f.tpm.PowerCycle(t)
+	f.stub(t, "uki 1.0.0", false)
+	if _, err := f.run(t); err != nil {
+		t.Fatalf("second Run: %v\n%s", err, strings.Join(f.logs, "\n"))
+	}
+	if s := f.stateLock(t); s.State != bootreport.LockUnlocked {
+		t.Fatalf("second boot: state %+v\n%s", s, strings.Join(f.logs, "\n"))
+	}
+	if len(f.crypt.keys) != 2 || f.crypt.keys[0] != f.crypt.keys[1] {
+		t.Errorf("the second boot mapped another volume key")
+	}
+	if readHeaderBytes(t, f.img.devPath, f.state.Start) != header {
+		t.Error("the LUKS2 header changed on an unlock")
+	}
+	if _, err := os.Stat(filepath.Join(f.root, SysRoot, bootreport.StateLockedFlag)); err == nil {
+		t.Error("the locked flag is set on an unlocked boot")
+	}
+	// After basalt-init, PCR 11 is past the signed phase: nothing can unseal.
+	tp, done := f.open(t)
+	defer done()
+	hdr := readHeader(t, f.img.devPath, f.state.Start, f.state.Size())
+	var tok tpm.Token
+	json.Unmarshal(hdr.Tokens[0], &tok)
+	sig, _ := os.ReadFile(filepath.Join(f.root, images.StubPCRSigPath))
+	pkey, _ := os.ReadFile(filepath.Join(f.root, images.StubPCRPKeyPath))
+	if _, err := tp.Unseal(&tok, sig, pkey); tpm.CodeOf(err) != tpm.CodePCR11Mismatch {
+		t.Errorf("unseal after basalt-init (leave-initrd extended): %v, want pcr11-mismatch", err)
+	}
+
+	// Another UKI (say, an altered command line) with the same signature: locked.
+	f.tpm.PowerCycle(t)
+	f.stub(t, "uki 1.0.0 with another cmdline", false)
+	res, err := f.run(t)
+	if err != nil {
+		t.Fatalf("third Run: %v", err)
+	}
+	s := f.stateLock(t)
+	if s.State != bootreport.LockLocked || s.Reason != string(tpm.CodePCR11Mismatch) || !res.TemporaryVar {
+		t.Errorf("altered UKI: state %+v, result %+v", s, res)
+	}
+	if flag, err := os.ReadFile(filepath.Join(f.root, SysRoot, bootreport.StateLockedFlag)); err != nil || strings.TrimSpace(string(flag)) != "pcr11-mismatch" {
+		t.Errorf("locked flag: %q, %v", flag, err)
+	}
+	if !strings.Contains(strings.Join(f.m.calls, "\n"), "tmpfs /sysroot/var tmpfs") {
+		t.Errorf("/var is not a tmpfs: %q", f.m.calls)
+	}
+}
+
+// An image without a PCR signature that requires the TPM leaves a blank state blank and locked.
+func TestMeasuredUnsignedImageDoesNotProvision(t *testing.T) {
+	f := newMeasuredFixture(t)
+	f.stub(t, "uki", false)
+	if _, err := f.run(t); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.stateLock(t); s.State != bootreport.LockLocked || s.Reason != string(tpm.CodeNoSignature) {
+		t.Errorf("state %+v", s)
+	}
+	dev, _ := os.Open(f.img.devPath)
+	defer dev.Close()
+	if blank, _ := IsBlank(dev, f.state.Start, f.state.Size()); !blank || f.mkfs != 0 {
+		t.Errorf("the state partition was written (mkfs %d)", f.mkfs)
+	}
+}
+
+func extractPart(t *testing.T, disk string, off, size int64, out string) {
+	t.Helper()
+	in, err := os.Open(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	o, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if _, err := io.Copy(o, io.NewSectionReader(in, off, size)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readHeader(t *testing.T, disk string, off, size int64) *luks2.Header {
+	t.Helper()
+	in, err := os.Open(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	h, err := luks2.ReadHeader(io.NewSectionReader(in, off, size), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func readHeaderBytes(t *testing.T, disk string, off int64) string {
+	t.Helper()
+	in, err := os.Open(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	b := make([]byte, luks2DataOffset)
+	if _, err := in.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
