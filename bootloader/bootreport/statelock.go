@@ -1,12 +1,15 @@
 package bootreport
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/basalt-os/basalt/internal/atomicfile"
 )
@@ -55,6 +58,53 @@ type StateLock struct {
 	RollbackProtection bool `json:"rollbackProtection"`
 	// Recovery says where a new volume's recovery key went (first boot only).
 	Recovery string `json:"recovery,omitempty"`
+	// SecureBootVars are the sha256 digests of the Secure Boot variables (SecureBoot, PK, KEK, db, dbx:
+	// what PCR 7 measures) in efivarfs as this boot found them; a later change means PCR 7 will differ at
+	// the next boot (SecureBootVarsChanged).
+	SecureBootVars map[string]string `json:"secureBootVars,omitempty"`
+}
+
+// secureBootVarFiles are the efivarfs files of the variables PCR 7 measures.
+var secureBootVarFiles = [...]string{
+	"SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c",
+	"PK-8be4df61-93ca-11d2-aa0d-00e098032b8c",
+	"KEK-8be4df61-93ca-11d2-aa0d-00e098032b8c",
+	"db-d719b2cb-3d3a-4596-a3bc-dad00e67656f",
+	"dbx-d719b2cb-3d3a-4596-a3bc-dad00e67656f",
+}
+
+// SecureBootVarDigests returns the sha256 of each Secure Boot variable in the efivarfs folder dir, by
+// variable name ("absent" for one that does not exist); nil when dir is not readable.
+func SecureBootVarDigests(dir string) map[string]string {
+	if _, err := os.Stat(dir); err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, f := range secureBootVarFiles {
+		name, _, _ := strings.Cut(f, "-")
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			out[name] = "absent"
+		case err != nil:
+			out[name] = "unreadable"
+		default:
+			out[name] = fmt.Sprintf("%x", sha256.Sum256(b))
+		}
+	}
+	return out
+}
+
+// SecureBootVarsChanged lists the Secure Boot variables whose digest now differs from the one at boot.
+func (s *StateLock) SecureBootVarsChanged(now map[string]string) []string {
+	var out []string
+	for name, d := range s.SecureBootVars {
+		if n, ok := now[name]; ok && n != d {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Open reports whether /var is the state volume.

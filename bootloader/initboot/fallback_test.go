@@ -118,7 +118,7 @@ func readState(t *testing.T, f *bootFixture) []byte {
 // loop device: this test needs root.
 func TestBackupSuperblocksKernel(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "state.img")
-	const size = 96 << 20
+	const size = 160 << 20 // two block groups of 4 KiB blocks: group 1 holds a backup superblock
 	if err := os.WriteFile(img, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -167,7 +168,8 @@ func TestMakeStateFS(t *testing.T) {
 		t.Fatalf("e2fsck -fn: %v\n%s", err, b)
 	}
 	b, err := exec.Command(dumpe2fs, "-h", part).CombinedOutput()
-	if err != nil || !strings.Contains(string(b), "Filesystem volume name:   state") {
+	// 4 KiB blocks: the kernel mounts no smaller ones on the dm-crypt device (4 KiB sectors).
+	if err != nil || !strings.Contains(string(b), "Filesystem volume name:   state") || !regexp.MustCompile(`Block size:\s+4096`).Match(b) {
 		t.Fatalf("dumpe2fs -h: %v\n%s", err, b)
 	}
 }

@@ -94,6 +94,8 @@ type measured struct {
 // enterInitrd opens the TPM, extends enter-initrd into PCR 11 and reads what the stub handed over.
 func (b *Boot) enterInitrd() *measured {
 	m := &measured{lock: &bootreport.StateLock{}}
+	// What PCR 7 measured, as this boot found it: the updater warns when it changes before a reboot.
+	m.lock.SecureBootVars = bootreport.SecureBootVarDigests(b.path(EFIVarsDir))
 	if data, err := os.ReadFile(b.path(images.TPMConfigPath)); err == nil {
 		if err := json.Unmarshal(data, &m.cfg); err != nil {
 			b.Logf("WARNING: %s: %v", images.TPMConfigPath, err)
@@ -213,6 +215,7 @@ func lockCode(err error) (tpm.Code, string) {
 // unlockState opens a LUKS2 state volume with the TPM-sealed key of its token 0; if the TPM refuses, it
 // asks for the recovery key on the console.
 func (b *Boot) unlockState(d *Disk, state *Partition, m *measured, rep *bootreport.Report) error {
+	start := time.Now()
 	f, err := os.Open(b.path(d.Device))
 	if err != nil {
 		return b.locked(m, rep, tpm.CodeHeaderDamaged, err.Error())
@@ -269,6 +272,7 @@ func (b *Boot) unlockState(d *Disk, state *Partition, m *measured, rep *bootrepo
 		return b.locked(m, rep, tpm.CodeHeaderDamaged, err.Error())
 	}
 	if m.lock.State == bootreport.LockUnlocked {
+		b.Logf("state unlocked by the TPM and mounted in %s", time.Since(start).Round(time.Millisecond))
 		b.afterUnseal(m, key)
 	}
 	return nil
@@ -300,10 +304,13 @@ func (b *Boot) askRecovery(part io.ReaderAt, hdr *luks2.Header) []byte {
 }
 
 // reseal seals the TPM keyslot again for the current PCR 7 after a recovery unlock, when the refusal
-// was a changed PCR 7, Secure Boot is on and this image's own PCR 11 signature holds; the next boot
-// is then unattended again.
+// was a changed PCR 7 (or a cleared TPM), Secure Boot is on and this image's own PCR 11 signature
+// holds (the new token is unsealed once with it before it is written); the next boot is then
+// unattended again.
 func (b *Boot) reseal(d *Disk, state *Partition, volumeKey []byte, tok *tpm.Token, code tpm.Code, m *measured) {
-	if code != tpm.CodePCR7Changed || tok == nil || m.tpm == nil {
+	// Only a changed platform (Secure Boot databases, a cleared TPM) is resealed: an image the TPM
+	// refused for itself (another PCR 11, key or revoked epoch) must not get a key of its own.
+	if (code != tpm.CodePCR7Changed && code != tpm.CodeTPMCleared) || tok == nil || m.tpm == nil || m.sig == nil {
 		return
 	}
 	if v, err := secureboot.ReadVars(b.path(EFIVarsDir)); err != nil || !v.SecureBoot {
@@ -490,6 +497,7 @@ func (b *Boot) provisionState(d *Disk, state *Partition, m *measured, rep *bootr
 // escrowRecovery encrypts the recovery key to the fleet's recovery key (written on the ESP once it is
 // mounted), or prints it once when the image allows that; it says which.
 func (b *Boot) escrowRecovery(m *measured, state *Partition, key string) string {
+	where := bootreport.RecoveryNone
 	if pemText := m.cfg.RecoveryKey; pemText != "" {
 		pub, err := parseRSAPublic([]byte(pemText))
 		var blob []byte
@@ -500,16 +508,21 @@ func (b *Boot) escrowRecovery(m *measured, state *Partition, key string) string 
 			err = b.writeEscrow(state, blob)
 		}
 		if err == nil {
-			return bootreport.RecoveryEscrowed
+			where = bootreport.RecoveryEscrowed
+		} else {
+			b.Logf("WARNING: escrow the recovery key: %v", err)
 		}
-		b.Logf("WARNING: escrow the recovery key: %v", err)
 	}
 	if m.cfg.RecoveryPrint {
 		b.Logf("RECOVERY KEY (shown once, write it down): %s", key)
-		return bootreport.RecoveryPrinted
+		if where == bootreport.RecoveryNone {
+			where = bootreport.RecoveryPrinted
+		}
 	}
-	b.Logf("WARNING: the recovery key was neither escrowed nor shown (no tpm.recoveryKey in the image config)")
-	return bootreport.RecoveryNone
+	if where == bootreport.RecoveryNone {
+		b.Logf("WARNING: the recovery key was neither escrowed nor shown (no tpm.recoveryKey in the image config)")
+	}
+	return where
 }
 
 // writeEscrow writes a recovery escrow on the ESP mounted at /sysroot/efi.

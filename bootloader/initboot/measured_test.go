@@ -13,6 +13,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/basalt-os/basalt/bootloader/bootreport"
 	"github.com/basalt-os/basalt/bootloader/dm"
@@ -35,9 +38,12 @@ func (f *fakeCrypt) CreateCrypt(name, uuid string, t dm.Target, key []byte) (str
 // measures into PCR 11.
 type measuredFixture struct {
 	*bootFixture
-	tpm   *testtool.SWTPM
-	key   *rsa.PrivateKey
-	crypt *fakeCrypt
+	tpm    *testtool.SWTPM
+	key    *rsa.PrivateKey
+	crypt  *fakeCrypt
+	prompt func(string, time.Duration) (string, error)
+	// extendPCR7Twice makes the next boots' PCR 7 differ from the one after a single change.
+	extendPCR7Twice bool
 }
 
 func newMeasuredFixture(t *testing.T) *measuredFixture {
@@ -125,6 +131,7 @@ func (f *measuredFixture) run(t *testing.T) (*Result, error) {
 			opened = append(opened, tr.Close)
 			return tpm.New(tr), nil
 		},
+		Prompt:      f.prompt,
 		Mkfs:        func(string, int64) error { f.mkfs++; return nil },
 		Logf:        func(format string, a ...any) { f.logs = append(f.logs, fmt.Sprintf(format, a...)) },
 		RootTimeout: 1e9, PollInterval: 1e7}
@@ -288,4 +295,89 @@ func readHeaderBytes(t *testing.T, disk string, off int64) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// extendPCR7 changes PCR 7 as a Secure Boot database update does.
+func (f *measuredFixture) extendPCR7(t *testing.T) {
+	t.Helper()
+	tr, err := f.tpm.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	var digests []tpm2.TPMTHA
+	for _, bank := range images.Banks {
+		alg, _ := bank.Alg()
+		d, _ := bank.Digest([]byte("dbx update"))
+		digests = append(digests, tpm2.TPMTHA{HashAlg: alg, Digest: d})
+	}
+	if _, err := (tpm2.PCRExtend{PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(images.PCRSecureBoot), Auth: tpm2.PasswordAuth(nil)},
+		Digests: tpm2.TPMLDigestValues{Digests: digests}}).Execute(tr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// After a Secure Boot database change the TPM refuses (pcr7-changed); the recovery key typed on the
+// console opens the state, basalt-init reseals the TPM keyslot for the new PCR 7, and the next boot
+// (same databases) is unattended again. With Secure Boot off it does not reseal.
+func TestMeasuredRecoveryReseal(t *testing.T) {
+	f := newMeasuredFixture(t)
+	efivars := filepath.Join(f.root, EFIVarsDir)
+	writeFile(t, filepath.Join(efivars, "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"), "\x06\x00\x00\x00\x01")
+	f.stub(t, "uki", true)
+	if _, err := f.run(t); err != nil {
+		t.Fatal(err)
+	}
+	key := recoveryRE.FindStringSubmatch(strings.Join(f.logs, "\n"))
+	if key == nil {
+		t.Fatal("no recovery key printed")
+	}
+	boot := func(prompt func(string, time.Duration) (string, error)) *bootreport.StateLock {
+		t.Helper()
+		f.tpm.PowerCycle(t)
+		f.extendPCR7(t)
+		if f.extendPCR7Twice {
+			f.extendPCR7(t)
+		}
+		f.stub(t, "uki", false)
+		f.prompt = prompt
+		if _, err := f.run(t); err != nil {
+			t.Fatal(err)
+		}
+		return f.stateLock(t)
+	}
+	typed := func(s string) func(string, time.Duration) (string, error) {
+		return func(string, time.Duration) (string, error) { return s, nil }
+	}
+
+	// Secure Boot off: opened by the recovery key (typed sloppily), not resealed.
+	writeFile(t, filepath.Join(efivars, "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"), "\x06\x00\x00\x00\x00")
+	s := boot(typed(strings.ToUpper(strings.ReplaceAll(key[1], "-", " "))))
+	if s.State != bootreport.LockRecovery || s.Reason != string(tpm.CodePCR7Changed) || !strings.Contains(strings.Join(f.logs, "\n"), "not resealing: Secure Boot is off") {
+		t.Fatalf("Secure Boot off: state %+v\n%s", s, strings.Join(f.logs, "\n"))
+	}
+	// Secure Boot on: resealed.
+	writeFile(t, filepath.Join(efivars, "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"), "\x06\x00\x00\x00\x01")
+	if s := boot(typed(key[1])); s.State != bootreport.LockRecovery || !strings.Contains(strings.Join(f.logs, "\n"), "resealed the state key") {
+		t.Fatalf("reseal: state %+v\n%s", s, strings.Join(f.logs, "\n"))
+	}
+	// The next boot with the same databases: unattended (no prompt), same volume key.
+	if s := boot(nil); s.State != bootreport.LockUnlocked {
+		t.Fatalf("after the reseal: state %+v\n%s", s, strings.Join(f.logs, "\n"))
+	}
+	if n := len(f.crypt.keys); f.crypt.keys[n-1] != f.crypt.keys[0] {
+		t.Error("the volume key changed")
+	}
+	// Another database change, and only wrong recovery keys typed: it stays locked.
+	f.extendPCR7Twice = true
+	n := 0
+	s = boot(func(string, time.Duration) (string, error) {
+		if n++; n > 2 {
+			return "", fmt.Errorf("no console input")
+		}
+		return strings.Repeat("cbdefghi", 8), nil
+	})
+	if s.State != bootreport.LockLocked || s.Reason != string(tpm.CodePCR7Changed) || n != 3 {
+		t.Errorf("wrong recovery keys: state %+v after %d prompts", s, n)
+	}
 }

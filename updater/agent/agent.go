@@ -408,6 +408,9 @@ type MeasuredBoot struct {
 	// Escrow is the state volume's recovery key escrow on the ESP (nil: the disk has no state
 	// partition).
 	Escrow *Escrow `json:"recoveryEscrow,omitempty"`
+	// SecureBootChanged lists the Secure Boot variables (PK, KEK, db, dbx, SecureBoot) that changed in
+	// efivarfs since this boot measured them: with PCR7 bound, the next boot needs the recovery key.
+	SecureBootChanged []string `json:"secureBootChanged,omitempty"`
 }
 
 // Escrow is the recovery escrow file of the state partition on the ESP.
@@ -430,6 +433,9 @@ func (a *Agent) measuredBoot(d *install.Disk) *MeasuredBoot {
 	if l := a.stateLock(); l != nil {
 		mb.State, mb.Reason, mb.Detail = l.State, l.Reason, l.Detail
 		mb.Epoch, mb.Revoked, mb.PCR7, mb.RollbackProtection = l.Epoch, measured.Revoked(l.Revoked), l.PCR7, l.RollbackProtection
+		if dir := a.efiVars(); dir != "" {
+			mb.SecureBootChanged = l.SecureBootVarsChanged(bootreport.SecureBootVarDigests(dir))
+		}
 	}
 	if id, err := d.PartUUID(images.PartState); err == nil {
 		e := &Escrow{Path: path.Join(RecoveryEscrowDir, strings.ToLower(id)+".json")}

@@ -330,6 +330,9 @@ func printMeasuredBoot(w io.Writer, mb *agent.MeasuredBoot) {
 		fmt.Fprintf(w, "epoch     %d (revoked: %s)\n", mb.Epoch, revoked)
 		if mb.PCR7 {
 			fmt.Fprintln(w, "pcr7      bound: a change of Secure Boot state or databases needs the recovery key")
+			if len(mb.SecureBootChanged) > 0 {
+				fmt.Fprintf(w, "WARNING   %s changed since this boot: the next boot will need the recovery key\n", strings.Join(mb.SecureBootChanged, ", "))
+			}
 		} else {
 			fmt.Fprintln(w, "pcr7      not bound")
 		}

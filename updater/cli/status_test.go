@@ -31,6 +31,12 @@ func TestPrintMeasuredBoot(t *testing.T) {
 				"pcr7      not bound\n" +
 				"rollback  unprotected: the rollback index could be reset\n" +
 				"recovery  no escrow on the ESP (EFI/basalt/recovery/abc.json)\n"},
+		{"dbx changed", &agent.MeasuredBoot{State: "unlocked", PCR7: true, SecureBootChanged: []string{"db", "dbx"}},
+			"data      state volume unlocked\n" +
+				"epoch     0 (revoked: none)\n" +
+				"pcr7      bound: a change of Secure Boot state or databases needs the recovery key\n" +
+				"WARNING   db, dbx changed since this boot: the next boot will need the recovery key\n" +
+				"rollback  unprotected: the rollback index could be reset\n"},
 		{"no report", &agent.MeasuredBoot{Escrow: &agent.Escrow{Path: "EFI/basalt/recovery/abc.json"}},
 			"recovery  no escrow on the ESP (EFI/basalt/recovery/abc.json)\n"},
 	} {
