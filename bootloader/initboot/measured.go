@@ -24,6 +24,7 @@ import (
 	"github.com/basalt-os/basalt/bootloader/luks2"
 	"github.com/basalt-os/basalt/bootloader/secureboot"
 	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/internal/atomicfile"
 	"github.com/basalt-os/basalt/keys/recovery"
 	"github.com/basalt-os/basalt/keys/tpm"
 )
@@ -230,6 +231,7 @@ func (b *Boot) unlockState(d *Disk, state *Partition, m *measured, rep *bootrepo
 	var detail string
 	var tok *tpm.Token
 	var key []byte
+	var unsealed, opened time.Duration
 	switch raw, ok := hdr.Tokens[0]; {
 	case !ok:
 		code, detail = tpm.CodeHeaderDamaged, "the volume has no basalt-tpm2 token"
@@ -248,7 +250,9 @@ func (b *Boot) unlockState(d *Disk, state *Partition, m *measured, rep *bootrepo
 			code, detail = lockCode(err)
 			break
 		}
+		unsealed = time.Since(start)
 		key, err = hdr.UnlockSlot(part, tpmKeyslot, []byte(base64.StdEncoding.EncodeToString(secret)))
+		opened = time.Since(start)
 		if err != nil {
 			code, detail = tpm.CodeKeyMismatch, "the TPM released a key that does not open this volume (header replaced?)"
 		}
@@ -272,7 +276,8 @@ func (b *Boot) unlockState(d *Disk, state *Partition, m *measured, rep *bootrepo
 		return b.locked(m, rep, tpm.CodeHeaderDamaged, err.Error())
 	}
 	if m.lock.State == bootreport.LockUnlocked {
-		b.Logf("state unlocked by the TPM and mounted in %s", time.Since(start).Round(time.Millisecond))
+		b.Logf("state unlocked by the TPM and mounted in %s (unsealed at %s, keyslot opened at %s)", time.Since(start).Round(time.Millisecond),
+			unsealed.Round(time.Millisecond), opened.Round(time.Millisecond))
 		b.afterUnseal(m, key)
 	}
 	return nil
@@ -283,10 +288,15 @@ func (b *Boot) askRecovery(part io.ReaderAt, hdr *luks2.Header) []byte {
 	if b.Prompt == nil {
 		return nil
 	}
+	b.Logf("waiting %d s for the recovery key on the console (an empty line boots without state)", int(RecoveryPromptTime/time.Second))
 	deadline := time.Now().Add(RecoveryPromptTime)
 	for time.Now().Before(deadline) {
-		typed, err := b.Prompt("basalt-init: state is locked; type the recovery key (or wait to boot without state): ", time.Until(deadline))
+		typed, err := b.Prompt("basalt-init: recovery key: ", time.Until(deadline))
 		if err != nil {
+			return nil
+		}
+		if strings.TrimSpace(typed) == "" {
+			b.Logf("no recovery key given: booting without state")
 			return nil
 		}
 		k, err := recovery.Normalize(typed)
@@ -532,7 +542,8 @@ func (b *Boot) writeEscrow(state *Partition, blob []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("recovery escrow on the ESP: %w", err)
 	}
-	if err := os.WriteFile(name, blob, 0o600); err != nil {
+	// Written whole and synced (temp file, fsync, rename, fsync the folder): the power may go any time.
+	if err := atomicfile.WriteFile(name, blob, 0o600); err != nil {
 		return fmt.Errorf("recovery escrow on the ESP: %w", err)
 	}
 	b.Logf("recovery key escrowed to /efi/%s/%s", RecoveryEscrowDir, filepath.Base(name))
@@ -624,6 +635,9 @@ type offsetDevice struct {
 
 func (d *offsetDevice) ReadAt(p []byte, o int64) (int, error)  { return d.f.ReadAt(p, d.off+o) }
 func (d *offsetDevice) WriteAt(p []byte, o int64) (int, error) { return d.f.WriteAt(p, d.off+o) }
+
+// Sync flushes the disk: luks2 syncs between its two header copies.
+func (d *offsetDevice) Sync() error { return d.f.Sync() }
 
 // writeStateLock writes /run/basalt/state.json and, when the state is locked, the flag file units
 // that need state check (ConditionPathExists=!/run/basalt/state-locked).

@@ -380,4 +380,10 @@ func TestMeasuredRecoveryReseal(t *testing.T) {
 	if s.State != bootreport.LockLocked || s.Reason != string(tpm.CodePCR7Changed) || n != 3 {
 		t.Errorf("wrong recovery keys: state %+v after %d prompts", s, n)
 	}
+	// An empty line skips the wait at once.
+	n = 0
+	s = boot(func(string, time.Duration) (string, error) { n++; return "", nil })
+	if s.State != bootreport.LockLocked || n != 1 || !strings.Contains(strings.Join(f.logs, "\n"), "no recovery key given: booting without state") {
+		t.Errorf("empty line: state %+v after %d prompts", s, n)
+	}
 }

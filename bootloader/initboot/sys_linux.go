@@ -28,32 +28,28 @@ type DMMapper struct{}
 
 // CreateReadOnly creates the read-only device name with target t and returns /dev/mapper/<name>.
 func (DMMapper) CreateReadOnly(name string, t dm.Target) (string, error) {
-	c, err := dm.Open(dm.ControlPath)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	major, minor, err := c.Create(name, "", []dm.Target{t}, true)
-	if err != nil {
-		return "", err
-	}
-	node := "/dev/mapper/" + name
-	if err := dm.EnsureNode(node, major, minor); err != nil {
-		return "", fmt.Errorf("device node of %s: %w", name, err)
-	}
-	return node, nil
+	return createNode(name, func(c *dm.Control) (uint32, uint32, error) {
+		return c.Create(name, "", []dm.Target{t}, true)
+	})
 }
 
 // CreateCrypt creates the read-write dm-crypt device name with UUID uuid and target t, whose table
 // names the volume key as a logon key: the key lives in a keyring only for the table load
 // (dm.Control.CreateWithLogonKey), and the kernel keeps its own copy, which user space cannot read.
 func (DMMapper) CreateCrypt(name, uuid string, t dm.Target, key []byte) (string, error) {
+	return createNode(name, func(c *dm.Control) (uint32, uint32, error) {
+		return c.CreateWithLogonKey(name, uuid, []dm.Target{t}, false, stateKeyDesc, key)
+	})
+}
+
+// createNode creates a device-mapper device with create and its node /dev/mapper/<name>.
+func createNode(name string, create func(*dm.Control) (major, minor uint32, err error)) (string, error) {
 	c, err := dm.Open(dm.ControlPath)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	major, minor, err := c.CreateWithLogonKey(name, uuid, []dm.Target{t}, false, stateKeyDesc, key)
+	major, minor, err := create(c)
 	if err != nil {
 		return "", err
 	}

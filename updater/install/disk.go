@@ -196,26 +196,33 @@ func (d *Disk) BootEntries() ([]sdboot.Entry, error) {
 
 // osrel returns the .osrel section of the UKI at name on the ESP.
 func (d *Disk) osrel(name string) ([]byte, error) {
-	var r io.ReaderAt
+	var osrel []byte
+	err := d.readESPFile(name, func(r io.ReaderAt) error {
+		info, err := ukifile.Read(r)
+		if err == nil {
+			osrel = info.OSRelRaw
+		}
+		return err
+	})
+	return osrel, err
+}
+
+// readESPFile hands read the file at name on the ESP: the open file when the ESP is mounted (so that
+// a UKI's headers are read without its kernel), else its bytes.
+func (d *Disk) readESPFile(name string, read func(io.ReaderAt) error) error {
 	if o, ok := d.ESP.(interface {
 		Open(name string) (*os.File, error)
 	}); ok {
 		f, err := o.Open(name)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		defer f.Close()
-		r = f
-	} else {
-		b, err := d.ESP.ReadFile(name)
-		if err != nil {
-			return nil, err
-		}
-		r = bytes.NewReader(b)
+		return read(f)
 	}
-	info, err := ukifile.Read(r)
+	b, err := d.ESP.ReadFile(name)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return info.OSRelRaw, nil
+	return read(bytes.NewReader(b))
 }

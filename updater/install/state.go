@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/basalt-os/basalt/bootloader/sdboot"
 	"github.com/basalt-os/basalt/images"
@@ -113,19 +112,11 @@ func (d *Disk) RemoveRevoked(osName, running string, revoked uint64) ([]RevokedE
 // signedEpochs reads the epochs of the UKI at name on the ESP (measured.SignedEpochs), without reading
 // the whole file when the ESP is mounted.
 func (d *Disk) signedEpochs(name string) ([]int, error) {
-	if o, ok := d.ESP.(interface {
-		Open(name string) (*os.File, error)
-	}); ok {
-		f, err := o.Open(name)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		return measured.SignedEpochs(f)
-	}
-	b, err := d.ESP.ReadFile(name)
-	if err != nil {
-		return nil, err
-	}
-	return measured.SignedEpochs(bytes.NewReader(b))
+	var epochs []int
+	err := d.readESPFile(name, func(r io.ReaderAt) error {
+		var err error
+		epochs, err = measured.SignedEpochs(r)
+		return err
+	})
+	return epochs, err
 }
