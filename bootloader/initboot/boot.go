@@ -75,8 +75,14 @@ type Boot struct {
 	OpenTPM func() (TPM, error)
 	// Crypt creates the state volume's dm-crypt device.
 	Crypt CryptMapper
-	// Prompt asks for a line on the console and waits at most timeout (nil: no console to ask on).
-	Prompt func(prompt string, timeout time.Duration) (string, error)
+	// Prompt asks for a line on the console and waits at most timeout, calling tick every few seconds
+	// while it waits (nil: no console to ask on).
+	Prompt func(prompt string, timeout time.Duration, tick func()) (string, error)
+	// Secretf prints a line on the console only, never to the kernel log (nil: such lines are not
+	// printed); for a recovery key shown once.
+	Secretf func(format string, args ...any)
+
+	watchdogDev string // the watchdog armed on this boot, fed while waiting at the console
 }
 
 // Result is what Run found and set up.
@@ -154,6 +160,9 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 		interval = PollInterval
 	}
 	loaderESP := b.loaderESP()
+	// What PCR 7 measured, as this boot found it (efivarfs is mounted now): the updater warns when it
+	// changes before a reboot.
+	m.lock.SecureBootVars = bootreport.SecureBootVarDigests(b.path(EFIVarsDir))
 	if loaderESP != "" {
 		b.Logf("boot loader started from ESP %s", loaderESP)
 	}
@@ -192,18 +201,20 @@ func (b *Boot) Run(ctx context.Context) (*Result, error) {
 	if !haveRun {
 		b.Logf("WARNING: no /run in the root image: no boot report, and no temporary /etc if its overlay fails")
 	}
+	// The TPM's part first, while PCR 11 is at the signed phase; then leave-initrd, before the kernel
+	// parses any filesystem an attacker could have crafted (the ESP, the state).
+	plan := b.prepareState(res.Disk, m)
+	if err := b.leaveInitrd(m); err != nil {
+		return nil, err
+	}
 	// The ESP before state: provisioning escrows the recovery key there, and the rollback epoch rises
 	// only when this version's entry on it is blessed.
 	b.mountESP(res.Disk, rep)
-	if err := b.openState(res.Disk, m, rep); err != nil {
+	if err := b.finishState(plan, m, rep); err != nil {
 		return nil, err
 	}
 	b.lockEpochs(m) // on every path: nothing after the initrd may change the rollback index
 	m.lock.Epoch = m.epoch
-	// Before anything else runs: from here on PCR 11 matches no signed policy.
-	if err := b.leaveInitrd(m); err != nil {
-		return nil, err
-	}
 	res.Created, res.TemporaryVar = rep.State == bootreport.StateCreated, rep.State == bootreport.StateTemporary || rep.State == bootreport.StateLocked
 	b.mountEtc(rep, haveRun)
 	b.Logf("root verified: version=%s partuuid=%s device=%s", cl.Version, partUUID, res.Root.Device)
@@ -387,21 +398,26 @@ func unwrapMount(err error) error {
 }
 
 // BackupSuperblocks returns the mount option sb= values (in 1 KiB units, as ext4 takes them) of the
-// backup superblocks an ext4 of size bytes may have, for block sizes of 1, 2 and 4 KiB: the first
-// block of groups 1, 3, 5, 7 and 9 (sparse_super), as far as they lie inside the partition.
+// backup superblocks an ext4 of size bytes may have: first for the geometry MakeStateFS writes (4 KiB
+// blocks, stateBlocksPerGroup per group), then for 1, 2 and 4 KiB blocks with full groups (one bitmap
+// block's bits, as older Basalt and mke2fs make them): the first block of groups 1, 3, 5, 7 and 9
+// (sparse_super), as far as they lie inside the partition, each value once.
 func BackupSuperblocks(size int64) []int64 {
 	var out []int64
-	for _, bs := range []int64{1024, 4096, 2048} {
-		perGroup := 8 * bs // blocks per group: one bitmap block's bits
-		for _, g := range []int64{1, 3, 5, 7, 9} {
-			block := g * perGroup
-			if bs == 1024 {
+	seen := map[int64]bool{}
+	for _, g := range []struct{ bs, perGroup int64 }{{4096, stateBlocksPerGroup}, {1024, 8 * 1024}, {4096, 8 * 4096}, {2048, 8 * 2048}} {
+		for _, n := range []int64{1, 3, 5, 7, 9} {
+			block := n * g.perGroup
+			if g.bs == 1024 {
 				block++ // with 1 KiB blocks block 0 is the boot block and groups start at block 1
 			}
-			if (block+1)*bs > size {
+			if (block+1)*g.bs > size {
 				break
 			}
-			out = append(out, block*bs/1024)
+			if sb := block * g.bs / 1024; !seen[sb] {
+				seen[sb] = true
+				out = append(out, sb)
+			}
 		}
 	}
 	return out
@@ -432,6 +448,7 @@ func (b *Boot) armWatchdog(cl *Cmdline, rep *bootreport.Report) {
 		return
 	}
 	rep.Watchdog = &bootreport.Watchdog{Status: bootreport.WatchdogArmed, Device: osPath, Timeout: got}
+	b.watchdogDev = dev
 	b.Logf("watchdog %s armed: %ds", osPath, got)
 }
 

@@ -118,7 +118,7 @@ func readState(t *testing.T, f *bootFixture) []byte {
 // loop device: this test needs root.
 func TestBackupSuperblocksKernel(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "state.img")
-	const size = 160 << 20 // two block groups of 4 KiB blocks: group 1 holds a backup superblock
+	const size = 160 << 20
 	if err := os.WriteFile(img, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -126,11 +126,24 @@ func TestBackupSuperblocksKernel(t *testing.T) {
 	if err := MakeStateFS(img, 0, size); err != nil {
 		t.Fatal(err)
 	}
+	dev := testtool.LoopDevice(t, img)
+	dir := t.TempDir()
+	// Used first, as a device uses it: the backup superblock's group descriptors are then stale.
+	if err := unix.Mount(dev, dir, "ext4", stateMountOpt, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		os.MkdirAll(filepath.Join(dir, fmt.Sprint("d", i%4)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint("d", i%4), fmt.Sprint("f", i)), make([]byte, 100<<10), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Unmount(dir, 0); err != nil {
+		t.Fatal(err)
+	}
 	f, _ := os.OpenFile(img, os.O_RDWR, 0)
 	f.WriteAt([]byte{0xff}, 1024+0x60)
 	f.Close()
-	dev := testtool.LoopDevice(t, img)
-	dir := t.TempDir()
 	if err := unix.Mount(dev, dir, "ext4", stateMountOpt, ""); err == nil {
 		unix.Unmount(dir, 0)
 		t.Fatal("the kernel mounted the damaged primary superblock: the test does not damage it")
@@ -139,8 +152,18 @@ func TestBackupSuperblocksKernel(t *testing.T) {
 	for _, sb := range BackupSuperblocks(size) {
 		if err := unix.Mount(dev, dir, "ext4", stateMountOpt, fmt.Sprintf("sb=%d", sb)); err == nil {
 			mounted = fmt.Sprint(sb)
-			if err := os.WriteFile(filepath.Join(dir, "written"), []byte("ok"), 0o644); err != nil {
+			// Still usable for what the OS writes (the updater's files, new folders).
+			if err := os.MkdirAll(filepath.Join(dir, "lib/basalt/tuf"), 0o755); err != nil {
+				t.Errorf("mkdir on the backup-superblock mount: %v", err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "lib/basalt/tuf/written"), make([]byte, 4<<20), 0o644); err != nil {
 				t.Errorf("write on the backup-superblock mount: %v", err)
+			}
+			if d, err := os.Open(dir); err == nil {
+				if err := unix.Syncfs(int(d.Fd())); err != nil {
+					t.Errorf("sync the backup-superblock mount (delayed allocation): %v", err)
+				}
+				d.Close()
 			}
 			unix.Unmount(dir, 0)
 			break

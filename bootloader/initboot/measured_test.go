@@ -41,7 +41,7 @@ type measuredFixture struct {
 	tpm    *testtool.SWTPM
 	key    *rsa.PrivateKey
 	crypt  *fakeCrypt
-	prompt func(string, time.Duration) (string, error)
+	prompt func(string, time.Duration, func()) (string, error)
 	// extendPCR7Twice makes the next boots' PCR 7 differ from the one after a single change.
 	extendPCR7Twice bool
 }
@@ -132,6 +132,7 @@ func (f *measuredFixture) run(t *testing.T) (*Result, error) {
 			return tpm.New(tr), nil
 		},
 		Prompt:      f.prompt,
+		Secretf:     func(format string, a ...any) { f.logs = append(f.logs, "CONSOLE ONLY: "+fmt.Sprintf(format, a...)) },
 		Mkfs:        func(string, int64) error { f.mkfs++; return nil },
 		Logf:        func(format string, a ...any) { f.logs = append(f.logs, fmt.Sprintf(format, a...)) },
 		RootTimeout: 1e9, PollInterval: 1e7}
@@ -332,7 +333,7 @@ func TestMeasuredRecoveryReseal(t *testing.T) {
 	if key == nil {
 		t.Fatal("no recovery key printed")
 	}
-	boot := func(prompt func(string, time.Duration) (string, error)) *bootreport.StateLock {
+	boot := func(prompt func(string, time.Duration, func()) (string, error)) *bootreport.StateLock {
 		t.Helper()
 		f.tpm.PowerCycle(t)
 		f.extendPCR7(t)
@@ -346,8 +347,8 @@ func TestMeasuredRecoveryReseal(t *testing.T) {
 		}
 		return f.stateLock(t)
 	}
-	typed := func(s string) func(string, time.Duration) (string, error) {
-		return func(string, time.Duration) (string, error) { return s, nil }
+	typed := func(s string) func(string, time.Duration, func()) (string, error) {
+		return func(string, time.Duration, func()) (string, error) { return s, nil }
 	}
 
 	// Secure Boot off: opened by the recovery key (typed sloppily), not resealed.
@@ -371,7 +372,7 @@ func TestMeasuredRecoveryReseal(t *testing.T) {
 	// Another database change, and only wrong recovery keys typed: it stays locked.
 	f.extendPCR7Twice = true
 	n := 0
-	s = boot(func(string, time.Duration) (string, error) {
+	s = boot(func(string, time.Duration, func()) (string, error) {
 		if n++; n > 2 {
 			return "", fmt.Errorf("no console input")
 		}
@@ -382,7 +383,7 @@ func TestMeasuredRecoveryReseal(t *testing.T) {
 	}
 	// An empty line skips the wait at once.
 	n = 0
-	s = boot(func(string, time.Duration) (string, error) { n++; return "", nil })
+	s = boot(func(string, time.Duration, func()) (string, error) { n++; return "", nil })
 	if s.State != bootreport.LockLocked || n != 1 || !strings.Contains(strings.Join(f.logs, "\n"), "no recovery key given: booting without state") {
 		t.Errorf("empty line: state %+v after %d prompts", s, n)
 	}

@@ -79,7 +79,7 @@ func TestStateNotBlankIsNotFormatted(t *testing.T) {
 	if f.mkfs != 0 || res.Created || !res.TemporaryVar {
 		t.Errorf("mkfs calls %d, result %+v", f.mkfs, res)
 	}
-	want := "state partition: /dev/vda4 holds no ext4 and is not blank: not formatting it; /var is temporary for this boot"
+	want := "state partition: /dev/vda4 holds no ext4 and no LUKS2 volume and is not blank: not formatting it; /var is temporary for this boot"
 	if !strings.Contains(strings.Join(f.logs, "\n"), want) {
 		t.Errorf("logs lack %q:\n%s", want, strings.Join(f.logs, "\n"))
 	}

@@ -43,7 +43,7 @@ func MakeStateFS(path string, start, size int64) error {
 		return fmt.Errorf("make state filesystem: %w", err)
 	}
 	defer f.Close()
-	if _, err := ext4.Create(be, size, start, 512, &ext4.Params{VolumeName: StateLabel, SectorsPerBlock: 8,
+	if _, err := ext4.Create(be, size, start, 512, &ext4.Params{VolumeName: StateLabel, SectorsPerBlock: 8, BlocksPerGroup: stateBlocksPerGroup,
 		// go-diskfs sizes the resize inode wrongly with 4 KiB blocks (e2fsck: "i_size is ..., should be"); its own
 		// tests turn the feature off for them too. A state filesystem is never resized offline.
 		Features: []ext4.FeatureOpt{ext4.WithFeatureReservedGDTBlocksForExpansion(false)}}); err != nil {
@@ -57,3 +57,11 @@ func MakeStateFS(path string, start, size int64) error {
 
 // openReaderAt opens path for reading.
 func openReaderAt(path string) (*os.File, error) { return os.Open(path) }
+
+// stateBlocksPerGroup is the state filesystem's block group size: 8192 4 KiB blocks (32 MiB), so that
+// even a small state has several groups, each with its own bitmaps. When the primary superblock is
+// lost and the kernel mounts from a backup one, the backup's group descriptors are mkfs-time copies:
+// the kernel finds the groups written since inconsistent and allocates only from the others, which
+// with many groups leaves a usable /var until e2fsck runs (with the default 32768 a 256 MiB state has
+// two groups, both written at once, and every allocation fails).
+const stateBlocksPerGroup = 8192

@@ -61,8 +61,9 @@ func createNode(name string, create func(*dm.Control) (major, minor uint32, err 
 }
 
 // ConsolePrompt writes prompt to the console and reads one line from it without echo, waiting at most
-// timeout. It fails when there is no console to read from.
-func ConsolePrompt(prompt string, timeout time.Duration) (string, error) {
+// timeout and calling tick (when not nil) at least every 5 s. It fails when there is no console to read
+// from.
+func ConsolePrompt(prompt string, timeout time.Duration, tick func()) (string, error) {
 	f, err := os.OpenFile("/dev/console", os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
 		return "", err
@@ -87,8 +88,11 @@ func ConsolePrompt(prompt string, timeout time.Duration) (string, error) {
 		if left <= 0 {
 			return "", errors.New("no recovery key typed in time")
 		}
+		if tick != nil {
+			tick()
+		}
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, int(left/time.Millisecond)+1)
+		n, err := unix.Poll(fds, int(min(left, 5*time.Second)/time.Millisecond)+1)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			return "", err
 		}

@@ -128,17 +128,16 @@ func verifySlot(t *testing.T, disk string, m *images.Manifest) {
 	}
 }
 
-// updaterState reads the updater's state file from the state partition with debugfs.
-func updaterState(t *testing.T, disk string) map[string]any {
+// updaterState reads the updater's state file from the (decrypted) state filesystem with debugfs.
+func updaterState(t *testing.T, l *lab) map[string]any {
 	t.Helper()
-	st := partitions(t, disk)[3]
-	img := extract(t, disk, st)
+	img := openState(t, l.m.disk, l.recoveryKey(t)).img
 	// The power was cut: replay the journal as the kernel's next mount would (debugfs reads the blocks
 	// as they are), and check the filesystem is otherwise sound. e2fsck exits 1 when it replayed or fixed
 	// something, 0 when there was nothing to do.
 	if out, err := exec.Command("e2fsck", "-fy", img).CombinedOutput(); err != nil {
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() > 1 {
-			t.Fatalf("e2fsck -fy of the state partition: %v\n%s", err, out)
+			t.Fatalf("e2fsck -fy of the state filesystem: %v\n%s", err, out)
 		}
 	}
 	out, err := exec.Command("debugfs", "-R", "cat /lib/basalt/state.json", img).Output()

@@ -19,13 +19,16 @@ import (
 	"github.com/basalt-os/basalt/internal/testtool"
 )
 
-// osName is the OS name of the test images; versions 1.0.0 to 5.0.0 are built.
+// osName is the OS name of the test images; versions 1.0.0 to 9.0.0 are built.
 const osName = "basalt-e2e"
 
 // The guest's kernel modules, loaded by basalt-init from the initrd: disk, network, dm-verity, the
 // root, state and ESP filesystems.
 var initrdModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "dm-verity", "ext4", "crc32c_generic",
-	"overlay", "vfat", "nls_cp437", "nls_ascii", "efivarfs", "i6300esb", "qemu_fw_cfg"}
+	"overlay", "vfat", "nls_cp437", "nls_ascii", "efivarfs", "i6300esb", "qemu_fw_cfg",
+	// the encrypted state: dm-crypt with AES-XTS (xts's soft dependency ecb is not in modules.dep);
+	// not aesni_intel: QEMU's TCG CPU has no AES-NI, the built-in generic AES serves
+	"dm-crypt", "xts", "ecb"}
 
 // variant says how a version differs from a good one.
 type variant struct {
@@ -44,6 +47,10 @@ type variant struct {
 	// defaults builds it the way a newcomer would: no initrd section (the builder's default modules)
 	// and a rootfs without /efi, /var or /run (the builder creates the mount points).
 	defaults bool
+	// epoch is its security epoch (security.epoch): once blessed, it revokes every lower one.
+	epoch int
+	// otherPCRKey signs its PCR policy with a PCR-policy key the devices' state is not sealed to.
+	otherPCRKey bool
 }
 
 const goodCmdline = "console=ttyS0 panic=5"
@@ -61,6 +68,10 @@ var versions = []variant{
 	{version: "6.0.0", watchdog: "20s"},
 	// 7.0.0 arms it too, then hangs before its updater starts: only the watchdog can end the boot.
 	{version: "7.0.0", watchdog: "20s", hang: true},
+	// 8.0.0 raises the security epoch to 2, revoking every version before it.
+	{version: "8.0.0", epoch: 2},
+	// 9.0.0's PCR policy is signed by another key: it would not unlock the device's state.
+	{version: "9.0.0", epoch: 2, otherPCRKey: true},
 }
 
 // defaultsImage is built from what a newcomer brings: no initrd section, no /efi in the rootfs. It is
@@ -74,11 +85,17 @@ type lab struct {
 	work   string // out/e2e
 	basalt string // host binary
 	keys   string
-	repo   string
-	url    string // repository URL as the guest sees it
-	built  map[string]*images.Manifest
-	outs   map[string]string // version -> build output folder
-	m      *machine
+	// otherKeys has the same Secure Boot key but another PCR-policy key.
+	otherKeys string
+	repo      string
+	url       string // repository URL as the guest sees it
+	built     map[string]*images.Manifest
+	outs      map[string]string // version -> build output folder
+	m         *machine
+	// stateHeader is the sha256 of the state volume's LUKS2 header after its provisioning.
+	stateHeader string
+	// recovery is the state's recovery key, once read from its escrow.
+	recovery string
 }
 
 func newLab(t *testing.T) *lab {
@@ -160,6 +177,10 @@ func (l *lab) makeKeysAndRepo(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.run(t, l.basalt, "keys", "import-secureboot", "--dir", l.keys, "--key", sbKey, "--cert", "/usr/share/ovmf/PkKek-1-snakeoil.pem")
+	l.run(t, l.basalt, "keys", "add", "recovery", "--dir", l.keys)
+	l.otherKeys = filepath.Join(l.work, "keys-other")
+	l.run(t, l.basalt, "keys", "init", "--dir", l.otherKeys)
+	l.run(t, l.basalt, "keys", "import-secureboot", "--dir", l.otherKeys, "--key", sbKey, "--cert", "/usr/share/ovmf/PkKek-1-snakeoil.pem")
 	os.Remove(sbKey)
 	l.run(t, l.basalt, "repo", "init", "--repo", l.repo, "--keys", l.keys)
 }
@@ -202,7 +223,7 @@ trust:
 kernel:
   cmdline: %q
 disk:
-  size: 640MiB
+  size: 768MiB
   esp: 128MiB
   root: 192MiB
 payload:
@@ -220,10 +241,19 @@ payload:
 	if v.watchdog != "" {
 		cfg += "boot:\n  watchdog: " + v.watchdog + "\n"
 	}
+	if v.epoch != 0 {
+		cfg += fmt.Sprintf("security:\n  epoch: %d\n", v.epoch)
+	}
+	// The recovery key is escrowed to the fleet's key: the suite opens the state with it.
+	cfg += fmt.Sprintf("tpm:\n  recoveryKey: %s\n", filepath.Join(l.keys, "recovery.pub"))
+	keyDir := l.keys
+	if v.otherPCRKey {
+		keyDir = l.otherKeys
+	}
 	cfgFile := filepath.Join(dir, "image.yaml")
 	writeFile(t, cfgFile, cfg, 0o644)
 	out := filepath.Join(dir, "out")
-	l.run(t, l.basalt, "build", "--keys", l.keys, "--out", out, cfgFile)
+	l.run(t, l.basalt, "build", "--keys", keyDir, "--out", out, cfgFile)
 	m, err := images.ReadManifest(filepath.Join(out, "update", "manifest.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -279,6 +309,14 @@ ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 . /etc/os-release
 echo "basalt-e2e: userspace up version=$VERSION_ID"
+# The workload (K3s in a product image) needs state: it must not start on an empty /var.
+if [ -e /run/basalt/state-locked ]; then
+  echo "basalt-e2e: workload not started: state locked ($(cat /run/basalt/state-locked))"
+else
+  mkdir -p /var/lib/e2e
+  [ -s /var/lib/e2e/first ] || echo "$VERSION_ID" > /var/lib/e2e/first
+  echo "basalt-e2e: workload started; state written first by version $(cat /var/lib/e2e/first)"
+fi
 `+hang, 0o755)
 	writeFile(t, filepath.Join(rootfs, "etc", "os-release"), fmt.Sprintf(
 		"NAME=\"Basalt e2e\"\nID=%s\nPRETTY_NAME=\"Basalt e2e %s\"\nVERSION_ID=%s\n", osName, v.version, v.version), 0o644)

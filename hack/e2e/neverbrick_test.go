@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +21,7 @@ import (
 func scenarioDefaults(t *testing.T, l *lab) {
 	m := newMachine(t, filepath.Join(l.work, "defaults"), filepath.Join(l.work, "logs"), filepath.Join(l.outs[defaultsImage.version], "disk.raw"))
 	before := partitions(t, m.disk)[3]
-	const bigger = 1 << 30 // the image is 640 MiB
+	const bigger = 1 << 30 // the image is 768 MiB
 	if err := os.Truncate(m.disk, bigger); err != nil {
 		t.Fatal(err)
 	}
@@ -43,19 +42,20 @@ func scenarioDefaults(t *testing.T, l *lab) {
 	}
 }
 
-// f. What every version shares is damaged, one thing at a time, on the real boot chain: the state
-// partition's primary superblock (mounted from a backup; the daemon reports it), the primary GPT torn as
+// f. What every version shares is damaged, one thing at a time, on the real boot chain: the primary
+// superblock of the state filesystem (in its encrypted volume) (mounted from a backup; the daemon reports it), the primary GPT torn as
 // a cut inside the updater's GPT write leaves it (the kernel sees no partitions until basalt-init
 // rebuilds it from the backup), and one block of the running, blessed version's root (basalt-init
 // demotes it and the device falls back to the good version in the other slot).
 func scenarioSharedDamage(t *testing.T, l *lab) {
 	disk := l.m.disk
-	parts := partitions(t, disk)
-	state := parts[3]
 
-	// f1: one flipped byte in the state filesystem's primary superblock (its incompatible features).
-	sbByte := state.offset() + 1024 + 0x60
-	sbOrig := flipByte(t, disk, sbByte)
+	// f1: one flipped byte in the state filesystem's primary superblock (its incompatible features),
+	// inside the encrypted volume: decrypted with the recovery key, flipped, encrypted back.
+	vol := openState(t, disk, l.recoveryKey(t))
+	const sbByte = 1024 + 0x60
+	sbOrig := flipByte(t, vol.img, sbByte)
+	vol.writeBack(t, disk)
 	log := l.m.boot(t, "f-state-superblock", bootOptions{timeout: 5 * time.Minute, stop: sequence(
 		initLine("5.0.0"), marker("boot degraded", ""), marker("no update", ""))})
 	if !log.Has("basalt-init: DEGRADED: state backup-superblock") || !log.Has(`msg="boot degraded" parts=state`) {
@@ -63,14 +63,14 @@ func scenarioSharedDamage(t *testing.T, l *lab) {
 	}
 	// The repair: the byte put back, then e2fsck (the kernel wrote through the backup superblock while
 	// the primary's counters went stale; e2fsck replays the journal and fixes them: exit 1 or 2).
-	writeByte(t, disk, sbByte, sbOrig)
-	img := extract(t, disk, state)
-	if out, err := exec.Command("e2fsck", "-fy", img).CombinedOutput(); err != nil {
+	vol = openState(t, disk, l.recoveryKey(t))
+	writeByte(t, vol.img, sbByte, sbOrig)
+	if out, err := exec.Command("e2fsck", "-fy", vol.img).CombinedOutput(); err != nil {
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() > 2 {
-			t.Fatalf("e2fsck -fy of the state partition: %v\n%s", err, out)
+			t.Fatalf("e2fsck -fy of the state filesystem: %v\n%s", err, out)
 		}
 	}
-	writeBack(t, disk, state, img)
+	vol.writeBack(t, disk)
 
 	// f2: the primary GPT's entries changed without their CRC (the cut between the updater's write of
 	// the primary entries and of its header). OVMF would rebuild the primary from the backup before
@@ -208,23 +208,5 @@ func sgdiskClean(t *testing.T, disk string) {
 	if err != nil || !strings.Contains(string(out), "No problems found") || strings.Contains(string(out), "ERROR") ||
 		strings.Contains(string(out), "Warning") || strings.Contains(string(out), "Caution") {
 		t.Errorf("sgdisk -v %s: %v\n%s", disk, err, out)
-	}
-}
-
-// writeBack copies a partition image extracted with extract back into the disk.
-func writeBack(t *testing.T, disk string, p partition, img string) {
-	t.Helper()
-	in, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(disk, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
-	if n, err := io.Copy(io.NewOffsetWriter(out, p.offset()), in); err != nil || n != p.size() {
-		t.Fatalf("write partition %d back: %d bytes, %v", p.number, n, err)
 	}
 }

@@ -25,6 +25,8 @@ import (
 const (
 	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd"
 	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"
+	// ovmfPlainVars has no keys enrolled: the firmware is in setup mode and Secure Boot is off.
+	ovmfPlainVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 )
 
 // machine is the device under test: one disk image, one UEFI variable store and one TPM state, kept
@@ -106,7 +108,16 @@ type bootOptions struct {
 	// UEFI firmware: what the kernel sees of the disk is then exactly what is on it (OVMF itself rebuilds
 	// a damaged primary GPT from the backup before Linux starts).
 	direct *directBoot
+	// recoveryKey is typed on the serial console when basalt-init asks for the state's recovery key
+	// ("": an empty line, which skips the wait).
+	recoveryKey string
+	// secureBootOff boots with a variable store in setup mode (OVMF's plain one: no PK, Secure Boot
+	// off), as a device whose owner turned Secure Boot off; the machine's own store is left as it is.
+	secureBootOff bool
 }
+
+// recoveryPrompt is basalt-init's line before it reads a recovery key from the console.
+const recoveryPrompt = "basalt-init: waiting 60 s for the recovery key"
 
 // directBoot is what QEMU's -kernel, -initrd and -append take.
 type directBoot struct {
@@ -230,12 +241,19 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 		"-m", "1024", "-smp", "1",
 		"-display", "none", "-monitor", "none", "-serial", "stdio",
 	}
+	vars := m.vars
+	if o.secureBootOff {
+		vars = filepath.Join(m.dir, "vars-setup-mode.fd")
+		if err := copyVars(ovmfPlainVars, vars); err != nil {
+			return err
+		}
+	}
 	if d := o.direct; d != nil {
 		args = append(args, "-kernel", d.kernel, "-initrd", d.initrd, "-append", d.cmdline)
 	} else {
 		args = append(args,
 			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
-			"-drive", "if=pflash,format=raw,unit=1,file="+m.vars)
+			"-drive", "if=pflash,format=raw,unit=1,file="+vars)
 	}
 	args = append(args,
 		"-drive", drive,
@@ -252,7 +270,11 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 		args = append(args, "-no-reboot")
 	}
 	qemu := exec.Command("qemu-system-x86_64", args...)
-	qemu.Stdin = nil
+	in, err := qemu.StdinPipe() // the serial console's keyboard
+	if err != nil {
+		return err
+	}
+	defer in.Close()
 	out, err := qemu.StdoutPipe()
 	if err != nil {
 		return err
@@ -281,6 +303,9 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 		line := strings.TrimRight(sc.Text(), "\r")
 		log.add(line)
 		io.WriteString(logFile, line+"\n")
+		if strings.Contains(line, recoveryPrompt) {
+			io.WriteString(in, o.recoveryKey+"\r")
+		}
 		if o.stop != nil && !fired && o.stop(line, log) {
 			fired = true
 			if o.killDelay == nil {
@@ -321,6 +346,15 @@ func (m *machine) run(log *serialLog, o bootOptions) error {
 		return errors.New("qemu ended before the expected console output")
 	}
 	return nil
+}
+
+// copyVars copies a UEFI variable store.
+func copyVars(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o644)
 }
 
 // waitFor waits until path exists (a daemon's socket), polling.

@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -51,6 +52,12 @@ func (t *TPM) readSRK() (*srk, error) {
 	if !a.Restricted || !a.Decrypt || a.SignEncrypt || !a.FixedTPM || !a.FixedParent ||
 		(pub.Type != tpm2.TPMAlgECC && pub.Type != tpm2.TPMAlgRSA) {
 		return nil, errForeignSRK
+	}
+	// The session is salted to this public key and only the Name is compared with the token: the two
+	// must belong together, or something between us and the TPM could swap the key.
+	name, err := tpm2.ObjectName(pub)
+	if err != nil || !bytes.Equal(name.Buffer, rsp.Name.Buffer) {
+		return nil, fmt.Errorf("read storage key 0x%08x: its public area does not match its Name", uint32(SRKHandle))
 	}
 	return &srk{pub: *pub, name: rsp.Name}, nil
 }

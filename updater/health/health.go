@@ -80,6 +80,16 @@ func StateUnlocked(path string) error {
 	if !lock.Open() {
 		return fmt.Errorf("%w (%s): %s", ErrStateLocked, lock.Reason, lock.Detail)
 	}
+	// Opened with the recovery key typed at the console: fine after a platform change (Secure Boot
+	// databases, a cleared TPM), but a version the TPM refused for itself (another PCR 11, key, a revoked
+	// epoch) would not open the state unattended: it must not be blessed.
+	if lock.State == bootreport.LockRecovery {
+		switch lock.Reason {
+		case "pcr7-changed", "tpm-cleared", "key-mismatch":
+		default:
+			return fmt.Errorf("%w: opened only with the recovery key; the TPM refuses this version (%s): %s", ErrStateLocked, lock.Reason, lock.Detail)
+		}
+	}
 	return nil
 }
 

@@ -27,6 +27,8 @@ func TestStateUnlocked(t *testing.T) {
 		{"provisioned", &bootreport.StateLock{State: bootreport.LockProvisioned}, ""},
 		{"recovery", &bootreport.StateLock{State: bootreport.LockRecovery, Reason: "pcr7-changed"}, ""},
 		{"plain", &bootreport.StateLock{State: bootreport.LockPlain}, ""},
+		{"recovery of a refused version", &bootreport.StateLock{State: bootreport.LockRecovery, Reason: "pcr11-mismatch", Detail: "PCR 11 is x"},
+			"health check failed: built-in check (state unlocked): state locked: opened only with the recovery key; the TPM refuses this version (pcr11-mismatch): PCR 11 is x"},
 		{"locked", &bootreport.StateLock{State: bootreport.LockLocked, Reason: "epoch-revoked",
 			Detail: "image epoch 1 revoked on this device (epochs below 2 revoked); boot a newer version"},
 			"health check failed: built-in check (state unlocked): state locked (epoch-revoked): image epoch 1 revoked on this device (epochs below 2 revoked); boot a newer version"},

@@ -46,6 +46,13 @@ func (c *console) line(level int, format string, args ...any) {
 
 func (c *console) logf(format string, args ...any) { c.line(7, format, args...) }
 
+// secret writes a line to the console only: never to the kernel log, which the OS's journal keeps.
+func (c *console) secret(format string, args ...any) {
+	if c.out != nil {
+		fmt.Fprintln(c.out, prefix+fmt.Sprintf(format, args...))
+	}
+}
+
 func (c *console) fatal(err error) {
 	c.line(2, "FATAL: %v", err)
 	time.Sleep(3 * time.Second)
@@ -70,9 +77,10 @@ func main() {
 		Mkfs: func(dev string, size int64) error {
 			return initboot.MakeStateFS(dev, 0, size)
 		},
-		Logf:   c.logf,
-		Crypt:  initboot.DMMapper{},
-		Prompt: initboot.ConsolePrompt,
+		Logf:    c.logf,
+		Crypt:   initboot.DMMapper{},
+		Prompt:  initboot.ConsolePrompt,
+		Secretf: c.secret,
 		OpenTPM: func() (initboot.TPM, error) {
 			t, _, err := tpm.OpenDevice(tpmDevice) // kept open until switch_root
 			if err != nil {
