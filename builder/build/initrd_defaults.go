@@ -29,6 +29,10 @@ func defaultInitrdModules(config kernelConfig) []string {
 		"ext4", "crc32c_generic", "overlay",
 		// The ESP.
 		"vfat",
+		// The TPM that unseals the state key (built into Debian's kernel for TIS and CRB; SPI and I2C
+		// TPMs of boards are modules): without it in the initrd, PCR 11 would stay at the signed phase
+		// until the OS loads the driver.
+		"tpm_tis", "tpm_crb", "tpm_tis_spi", "tpm_tis_i2c",
 	}
 	mods = append(mods, fatCharsets(config)...)
 	return append(mods,
