@@ -116,12 +116,13 @@ func (b *Boot) enterInitrd() *measured {
 		m.sig = nil
 	}
 	if b.OpenTPM == nil {
-		m.noTPM = "no TPM support in this boot"
+		m.noTPM = "no TPM device (/dev/tpmrm0 missing)"
 		return m
 	}
 	t, err := b.OpenTPM()
 	if err != nil {
-		m.noTPM = err.Error()
+		_, m.noTPM = lockCode(err) // the detail, without the code
+
 		b.Logf("no TPM: %v", err)
 		return m
 	}

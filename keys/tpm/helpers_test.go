@@ -174,9 +174,10 @@ func wantCode(t *testing.T, err error, code Code) *Error {
 
 // recorder keeps every command and response, to check that secrets never cross in clear.
 type recorder struct {
-	tr  transport.TPM
-	mu  sync.Mutex
-	log bytes.Buffer
+	tr    transport.TPM
+	mu    sync.Mutex
+	log   bytes.Buffer
+	sends int // commands sent since the last reset
 }
 
 func (r *recorder) Send(cmd []byte) ([]byte, error) {
@@ -184,6 +185,7 @@ func (r *recorder) Send(cmd []byte) ([]byte, error) {
 	r.mu.Lock()
 	r.log.Write(cmd)
 	r.log.Write(rsp)
+	r.sends++
 	r.mu.Unlock()
 	return rsp, err
 }
@@ -193,6 +195,7 @@ func (r *recorder) reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.log.Reset()
+	r.sends = 0
 }
 
 func (r *recorder) saw(secret []byte) bool {
