@@ -292,7 +292,7 @@ func (b *Boot) unseal(p *statePlan, part io.ReaderAt, m *measured) {
 		b.Logf("state key unsealed in %s, keyslot opened in %s", unsealed.Round(time.Millisecond), (time.Since(p.start) - unsealed).Round(time.Millisecond))
 		return
 	}
-	b.Logf("state locked (%s): %s", p.code, p.detail)
+	b.Logf("the TPM refused the state key (%s): %s", p.code, p.detail)
 	if p.code == tpm.CodePCR7Changed {
 		b.Logf("Secure Boot: %s", b.secureBootState())
 		p.detail += " (" + b.secureBootState() + ")"
@@ -550,9 +550,15 @@ func (b *Boot) raiseEpoch(m *measured) {
 	if blessed, ok := b.ownEntryBlessed(m.cmdline); !ok || !blessed {
 		return
 	}
-	if err := m.tpm.RaiseEpoch(m.epoch); err != nil {
+	before, err := m.tpm.Epochs()
+	if err == nil {
+		err = m.tpm.RaiseEpoch(m.epoch)
+	}
+	if err != nil {
 		b.Logf("WARNING: raise the rollback epoch to %d: %v", m.epoch, err)
-	} else if m.epoch > 0 {
+		return
+	}
+	if want := images.EpochBit(m.epoch) - 1; before&want != want {
 		b.Logf("rollback epoch raised: epochs below %d revoked", m.epoch)
 	}
 }
