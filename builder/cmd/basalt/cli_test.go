@@ -7,16 +7,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spf13/cobra"
-
 	"github.com/basalt-os/basalt/builder/tufrepo/fixture"
 )
 
-// runBasalt runs the keys/repo/publish commands in-process and returns stdout.
+// runBasalt runs basalt's commands in-process and returns what they print.
 func runBasalt(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	root := &cobra.Command{Use: "basalt", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newKeysCmd(), newRepoCmd(), newPublishCmd())
+	root := newRootCmd()
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)

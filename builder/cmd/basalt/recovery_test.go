@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/rand"
 	"os"
 	"os/exec"
@@ -17,33 +16,13 @@ import (
 )
 
 // runRoot runs the full basalt command tree in-process and returns what it printed.
-func runRoot(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	root := newRootCmd()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(args)
-	err := root.Execute()
-	return out.String(), err
-}
-
-func mustRoot(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := runRoot(t, args...)
-	if err != nil {
-		t.Fatalf("basalt %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
 func TestRecoveryDecrypt(t *testing.T) {
 	cryptsetup := testtool.Require(t, "cryptsetup", "cryptsetup-bin")
 	tmp := t.TempDir()
 	k := filepath.Join(tmp, "keys")
 
 	// A default folder has no recovery key; it shows the PCR-policy key's pkfp.
-	out := mustRoot(t, "keys", "init", "--dir", k)
+	out := mustRun(t, "keys", "init", "--dir", k)
 	if strings.Contains(out, "recovery") || !strings.Contains(out, "pkfp") {
 		t.Errorf("keys init output:\n%s", out)
 	}
@@ -59,15 +38,15 @@ func TestRecoveryDecrypt(t *testing.T) {
 		t.Errorf("keys init output lacks the pkfp %s:\n%s", fp, out)
 	}
 	// Only RSA-2048 PCR-policy keys, and an RSA one is never replaced.
-	if _, err := runRoot(t, "keys", "init", "--dir", filepath.Join(tmp, "ec"), "--pcr-algorithm", "ecdsa-p256"); err == nil || !strings.Contains(err.Error(), "RSASSA") {
+	if _, err := runBasalt(t, "keys", "init", "--dir", filepath.Join(tmp, "ec"), "--pcr-algorithm", "ecdsa-p256"); err == nil || !strings.Contains(err.Error(), "RSASSA") {
 		t.Errorf("keys init --pcr-algorithm ecdsa-p256: %v", err)
 	}
-	if _, err := runRoot(t, "keys", "add", "pcr-policy", "--dir", k); err == nil || !strings.Contains(err.Error(), "not supported") {
+	if _, err := runBasalt(t, "keys", "add", "pcr-policy", "--dir", k); err == nil || !strings.Contains(err.Error(), "not supported") {
 		t.Errorf("keys add pcr-policy over an RSA key: %v", err)
 	}
 
 	// keys add recovery: the output names the public PEM for the image config.
-	out = mustRoot(t, "keys", "add", "recovery", "--dir", k)
+	out = mustRun(t, "keys", "add", "recovery", "--dir", k)
 	abs, _ := filepath.Abs(filepath.Join(k, "recovery.pub"))
 	for _, w := range []string{"tpm.recoveryKey: " + abs, "keep this folder offline", "rsa-3072"} {
 		if !strings.Contains(out, w) {
@@ -77,7 +56,7 @@ func TestRecoveryDecrypt(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(k, "recovery.key")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("recovery.key: %v %v", fi.Mode(), err)
 	}
-	if out := mustRoot(t, "keys", "list", "--dir", k); !strings.Contains(out, "tpm.recoveryKey: "+abs) {
+	if out := mustRun(t, "keys", "list", "--dir", k); !strings.Contains(out, "tpm.recoveryKey: "+abs) {
 		t.Errorf("keys list:\n%s", out)
 	}
 
@@ -101,7 +80,7 @@ func TestRecoveryDecrypt(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out = mustRoot(t, "recovery", "decrypt", escrow, "--keys", k)
+	out = mustRun(t, "recovery", "decrypt", escrow, "--keys", k)
 	for _, w := range []string{"partition UUID: " + partUUID, "recovery key:   " + rkey, "cryptsetup open /dev/disk/by-partuuid/" + partUUID + " state"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("recovery decrypt output lacks %q:\n%s", w, out)
@@ -134,14 +113,14 @@ func TestRecoveryDecrypt(t *testing.T) {
 
 	// A host with only the public keys cannot decrypt, and says why without printing any key.
 	pubOnly := filepath.Join(tmp, "pub")
-	mustRoot(t, "keys", "export-public", "--dir", k, "--out", pubOnly)
-	out, err = runRoot(t, "recovery", "decrypt", escrow, "--keys", pubOnly)
+	mustRun(t, "keys", "export-public", "--dir", k, "--out", pubOnly)
+	out, err = runBasalt(t, "recovery", "decrypt", escrow, "--keys", pubOnly)
 	if err == nil || !strings.Contains(err.Error(), "private key not present") || strings.Contains(out+err.Error(), rkey) {
 		t.Errorf("decrypt without the private key: %v\n%s", err, out)
 	}
 	// After a new recovery key, the escrow still opens with the retired one it names.
-	mustRoot(t, "keys", "add", "recovery", "--dir", k)
-	if out := mustRoot(t, "recovery", "decrypt", escrow, "--keys", k); !strings.Contains(out, rkey) {
+	mustRun(t, "keys", "add", "recovery", "--dir", k)
+	if out := mustRun(t, "recovery", "decrypt", escrow, "--keys", k); !strings.Contains(out, rkey) {
 		t.Errorf("decrypt with the retired key:\n%s", out)
 	}
 	// Another fleet's folder: the escrow names a key it does not have.
@@ -149,17 +128,17 @@ func TestRecoveryDecrypt(t *testing.T) {
 	if _, err := keys.Init(other, keys.InitOptions{Now: time.Now(), Rand: rand.Reader, Roles: []keys.Role{keys.RoleTimestamp}, WithRecovery: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := runRoot(t, "recovery", "decrypt", escrow, "--keys", other); err == nil || !strings.Contains(err.Error(), "which is not in "+other) {
+	if _, err := runBasalt(t, "recovery", "decrypt", escrow, "--keys", other); err == nil || !strings.Contains(err.Error(), "which is not in "+other) {
 		t.Errorf("decrypt with another fleet's keys: %v", err)
 	}
 	// Not an escrow.
-	if _, err := runRoot(t, "recovery", "decrypt", filepath.Join(k, "index.json"), "--keys", k); err == nil {
+	if _, err := runBasalt(t, "recovery", "decrypt", filepath.Join(k, "index.json"), "--keys", k); err == nil {
 		t.Error("decrypted index.json")
 	}
 }
 
 func TestRecoveryDecryptHelp(t *testing.T) {
-	out := mustRoot(t, "recovery", "decrypt", "--help")
+	out := mustRun(t, "recovery", "decrypt", "--help")
 	for _, w := range []string{"EFI/basalt/recovery/<partition-uuid>.json", "status report", "cryptsetup open /dev/<disk>4 state", "--keys"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("recovery decrypt --help lacks %q:\n%s", w, out)
