@@ -37,8 +37,16 @@ type FormatOptions struct {
 // keyslotAreaSize is the area of one 512-bit keyslot: 4000 stripes, rounded up to 4 KiB as cryptsetup does.
 const keyslotAreaSize = (VolumeKeySize*stripes + 4095) / 4096 * 4096
 
+// FirstKeyslotArea is where Format puts keyslot 0's area: 1 MiB into the keyslots area rather than right
+// after the metadata, where cryptsetup puts it (any offset inside the keyslots area is valid LUKS2, and
+// cryptsetup reads it). Format writes the keyslots before the headers; this way the first MiB of the
+// partition stays zero until the headers are written, which basalt-init takes for a blank partition:
+// a power cut inside Format leaves a partition provisioning starts over on, not one it must leave alone.
+const FirstKeyslotArea = 1 << 20
+
 // Format writes a LUKS2 volume to dev, a partition of size bytes: cryptsetup's layout for a 16 MiB data
-// offset (two 16 KiB header copies, the keyslots area, data at DataOffset), data segment aes-xts-plain64
+// offset (two 16 KiB header copies, the keyslots area with keyslot i at FirstKeyslotArea + i × its
+// size, data at DataOffset), data segment aes-xts-plain64
 // with 4096-byte sectors and a "dynamic" size, keyslot i opening with o.Keyslots[i]. It first zeroes
 // everything before the data (old headers and keyslots included); the data area is left as it is.
 func Format(dev io.WriterAt, size int64, o FormatOptions) error {
@@ -88,7 +96,7 @@ func Format(dev io.WriterAt, size int64, o FormatOptions) error {
 			Type:    "luks2",
 			KeySize: VolumeKeySize,
 			AF:      afJSON{Type: "luks1", Stripes: stripes, Hash: "sha256"},
-			Area: areaJSON{Type: "raw", Offset: u64s(2*MetadataSize + i*keyslotAreaSize), Size: keyslotAreaSize,
+			Area: areaJSON{Type: "raw", Offset: u64s(FirstKeyslotArea + i*keyslotAreaSize), Size: keyslotAreaSize,
 				Encryption: Cipher, KeySize: VolumeKeySize},
 			KDF: kdfJSON{Type: "pbkdf2", Hash: "sha256", Iterations: iter, Salt: base64.StdEncoding.EncodeToString(salt)},
 		}

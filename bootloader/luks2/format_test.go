@@ -37,7 +37,7 @@ func TestFormatOpensWithCryptsetup(t *testing.T) {
 		`(?m)^\s+offset: 16777216 \[bytes\]$`, `(?m)^\s+length: \(whole device\)$`,
 		`(?m)^\s+cipher: aes-xts-plain64$`, `(?m)^\s+sector: 4096 \[bytes\]$`,
 		`(?m)^  0: luks2$`, `(?m)^  1: luks2$`, `(?m)^\s+PBKDF:\s+pbkdf2$`, `(?m)^\s+Iterations: 2000$`,
-		`(?m)^\s+AF stripes: 4000$`, `(?m)^\s+Area offset:32768 \[bytes\]$`, `(?m)^\s+Area offset:290816 \[bytes\]$`,
+		`(?m)^\s+AF stripes: 4000$`, `(?m)^\s+Area offset:1048576 \[bytes\]$`, `(?m)^\s+Area offset:1306624 \[bytes\]$`,
 		`(?m)^  0: basalt-tpm2$`,
 	} {
 		if !regexp.MustCompile(re).MatchString(dump) {
@@ -209,5 +209,34 @@ func TestFormatRejects(t *testing.T) {
 	}
 	if _, f := newImage(t, imgSize); Format(f, imgSize, good()) != nil {
 		t.Error("the unedited options fail")
+	}
+}
+
+// cutDevice fails every write of non-zero bytes to the two header copies: the power going after Format
+// wrote the keyslots and before the headers.
+type cutDevice struct{ f *os.File }
+
+func (d cutDevice) WriteAt(p []byte, off int64) (int, error) {
+	if off < 2*MetadataSize && !bytes.Equal(p, make([]byte, len(p))) {
+		return 0, errors.New("power cut")
+	}
+	return d.f.WriteAt(p, off)
+}
+
+// Format writes the keyslots before the headers, and none in the first MiB: cut before the headers,
+// the partition's first MiB is still all zero (what basalt-init takes for blank, and provisions again).
+func TestFormatCutBeforeHeadersLeavesFirstMiBZero(t *testing.T) {
+	img, f := newImage(t, imgSize)
+	err := Format(cutDevice{f}, imgSize, FormatOptions{UUID: testUUID, VolumeKey: randomBytes(t, VolumeKeySize),
+		Keyslots: []Keyslot{{Passphrase: []byte("a")}, {Passphrase: []byte("b")}}})
+	if err == nil {
+		t.Fatal("the cut did not stop Format")
+	}
+	const blank = 1 << 20 // initboot.BlankCheckSize
+	if !bytes.Equal(readAt(t, img, 0, blank), make([]byte, blank)) {
+		t.Error("Format wrote into the first MiB before the headers")
+	}
+	if bytes.Equal(readAt(t, img, FirstKeyslotArea, 4096), make([]byte, 4096)) {
+		t.Error("the keyslots were not written before the headers: the test cuts nothing")
 	}
 }

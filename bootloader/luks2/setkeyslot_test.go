@@ -14,7 +14,7 @@ import (
 func TestSetKeyslot(t *testing.T) {
 	tok := `{"type":"basalt-tpm2","keyslots":["0"]}`
 	img, f, vk := formatTest(t, [][]byte{[]byte("old tpm secret"), []byte("recovery")}, tok)
-	oldArea := readAt(t, img, 2*MetadataSize, keyslotAreaSize)
+	oldArea := readAt(t, img, FirstKeyslotArea, keyslotAreaSize)
 
 	before := metadataSum(t, img)
 	if err := SetKeyslot(f, imgSize, 0, randomBytes(t, VolumeKeySize), []byte("x"), 0); err == nil {
@@ -42,11 +42,11 @@ func TestSetKeyslot(t *testing.T) {
 	if got := dumpedVolumeKey(t, img, []byte("new tpm secret")); !bytes.Equal(got, vk) {
 		t.Error("the new keyslot holds another volume key")
 	}
-	if !bytes.Equal(readAt(t, img, 2*MetadataSize, keyslotAreaSize), make([]byte, keyslotAreaSize)) || bytes.Equal(oldArea, make([]byte, keyslotAreaSize)) {
+	if !bytes.Equal(readAt(t, img, FirstKeyslotArea, keyslotAreaSize), make([]byte, keyslotAreaSize)) || bytes.Equal(oldArea, make([]byte, keyslotAreaSize)) {
 		t.Error("the old keyslot area is not zeroed")
 	}
 	dump := mustCryptsetup(t, "luksDump", img)
-	for _, re := range []string{`(?m)^Epoch:\s+2$`, `(?m)^\s+Iterations: 1500$`, `(?m)^\s+Area offset:548864 \[bytes\]$`, `(?m)^  0: basalt-tpm2$`} {
+	for _, re := range []string{`(?m)^Epoch:\s+2$`, `(?m)^\s+Iterations: 1500$`, `(?m)^\s+Area offset:32768 \[bytes\]$`, `(?m)^  0: basalt-tpm2$`} {
 		if !regexp.MustCompile(re).MatchString(dump) {
 			t.Errorf("luksDump does not match %s:\n%s", re, dump)
 		}
@@ -55,7 +55,8 @@ func TestSetKeyslot(t *testing.T) {
 		t.Errorf("seqids %d/%d", p, s)
 	}
 
-	// A second reseal takes the area freed by the first; a new keyslot joins the digest.
+	// A second reseal takes the next free area, and the first's is free again: a new keyslot takes it
+	// and joins the digest.
 	if err := SetKeyslot(f, imgSize, 0, vk, []byte("newer tpm secret"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -64,8 +65,11 @@ func TestSetKeyslot(t *testing.T) {
 	}
 	js := dumpJSON(t, img)
 	ks := js["keyslots"].(map[string]any)
-	if off := ks["0"].(map[string]any)["area"].(map[string]any)["offset"]; off != "32768" {
-		t.Errorf("keyslot 0 area at %v, want the freed 32768", off)
+	if off := ks["0"].(map[string]any)["area"].(map[string]any)["offset"]; off != "290816" {
+		t.Errorf("keyslot 0 area at %v, want the next free one, 290816", off)
+	}
+	if off := ks["4"].(map[string]any)["area"].(map[string]any)["offset"]; off != "32768" {
+		t.Errorf("keyslot 4 area at %v, want the freed 32768", off)
 	}
 	digestSlots, _ := json.Marshal(js["digests"].(map[string]any)["0"].(map[string]any)["keyslots"])
 	var slots []string
