@@ -3,7 +3,6 @@ package initboot
 import (
 	"context"
 	"encoding/hex"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -157,13 +156,8 @@ func TestMakeStateFS(t *testing.T) {
 	if err != nil || !has {
 		t.Fatalf("HasExt4 after MakeStateFS: %v %v", has, err)
 	}
-	part := filepath.Join(t.TempDir(), "state.img")
-	out, _ := os.Create(part)
-	if _, err := io.Copy(out, io.NewSectionReader(f, state.Start, state.Size())); err != nil {
-		t.Fatal(err)
-	}
-	out.Close()
 	f.Close()
+	part := testtool.ExtractRange(t, diskPath, state.Start, state.Size(), "state.img")
 	if b, err := exec.Command(e2fsck, "-fn", part).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck -fn: %v\n%s", err, b)
 	}

@@ -174,8 +174,7 @@ func TestMeasuredStateLifecycle(t *testing.T) {
 		t.Fatalf("no recovery key printed:\n%s", logs)
 	}
 	// cryptsetup, the reference, reads what basalt-init wrote.
-	part := filepath.Join(t.TempDir(), "state.img")
-	extractPart(t, f.img.devPath, f.state.Start, f.state.Size(), part)
+	part := testtool.ExtractRange(t, f.img.devPath, f.state.Start, f.state.Size(), "state.img")
 	dump, err := exec.Command(testtool.Require(t, "cryptsetup", "cryptsetup-bin"), "luksDump", part).CombinedOutput()
 	if err != nil || !strings.Contains(string(dump), "basalt-tpm2") {
 		t.Fatalf("cryptsetup luksDump: %v\n%s", err, dump)
@@ -250,23 +249,6 @@ func TestMeasuredUnsignedImageDoesNotProvision(t *testing.T) {
 	defer dev.Close()
 	if blank, _ := IsBlank(dev, f.state.Start, f.state.Size()); !blank || f.mkfs != 0 {
 		t.Errorf("the state partition was written (mkfs %d)", f.mkfs)
-	}
-}
-
-func extractPart(t *testing.T, disk string, off, size int64, out string) {
-	t.Helper()
-	in, err := os.Open(disk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	o, err := os.Create(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	if _, err := io.Copy(o, io.NewSectionReader(in, off, size)); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -5,8 +5,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -16,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 // The device's disk is read back after QEMU has stopped, with the reference tools: sgdisk for the GPT,
@@ -83,23 +82,7 @@ func espEntries(t *testing.T, disk string) []string {
 // extract copies a partition into a file of its own, for tools that take a whole device.
 func extract(t *testing.T, disk string, p partition) string {
 	t.Helper()
-	in, err := os.Open(disk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	name := filepath.Join(t.TempDir(), fmt.Sprintf("part%d.img", p.number))
-	out, err := os.Create(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, io.NewSectionReader(in, p.offset(), p.size())); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return name
+	return testtool.ExtractRange(t, disk, p.offset(), p.size(), fmt.Sprintf("part%d.img", p.number))
 }
 
 // slotOf returns the root partition that holds version m (its partition UUID is m's).

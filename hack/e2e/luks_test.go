@@ -5,6 +5,7 @@ package e2e
 import (
 	"crypto/aes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -58,7 +59,7 @@ func openState(t *testing.T, disk, recoveryKey string) *stateVolume {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	dev := ioSection(f, part)
+	dev := io.NewSectionReader(f, part.offset(), part.size())
 	hdr, err := luks2.ReadHeader(dev, part.size())
 	if err != nil {
 		t.Fatalf("state partition: %v", err)
@@ -115,13 +116,3 @@ func (v *stateVolume) writeBack(t *testing.T, disk string) {
 		}
 	}
 }
-
-// sectionAt reads a partition of an open disk image.
-type sectionAt struct {
-	f   *os.File
-	off int64
-}
-
-func (s sectionAt) ReadAt(p []byte, o int64) (int, error) { return s.f.ReadAt(p, s.off+o) }
-
-func ioSection(f *os.File, p partition) sectionAt { return sectionAt{f: f, off: p.offset()} }
