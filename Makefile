@@ -28,7 +28,7 @@ vet:
 	$(GO) vet -tags e2e ./hack/e2e
 
 # gotestsum prints the summary line ("DONE N tests, M failures in Xs"). The e2e tag adds the QEMU suite
-# (hack/e2e: OVMF with Secure Boot, systemd-boot, swtpm, a write-cache disk, nine scenarios; about 20 minutes on 2 cores
+# (hack/e2e: OVMF with Secure Boot, systemd-boot, swtpm, a write-cache disk, twelve scenarios; about 30 minutes on 2 cores
 # without KVM) to the unit tests.
 test: deps vet
 	$(GO) tool gotestsum --format pkgname-and-test-fails -- -count=1 -timeout 60m -tags e2e ./...

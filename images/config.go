@@ -38,6 +38,8 @@ type Config struct {
 	Trust      Trust    `yaml:"trust"`
 	Security   Security `yaml:"security"`
 	TPM        TPM      `yaml:"tpm"`
+	// K3s puts a hardened K3s into the image (nil: no K3s).
+	K3s *K3s `yaml:"k3s"`
 
 	// Dir is the folder of the config file; relative host paths resolve against it. Not read from YAML.
 	Dir string `yaml:"-"`
@@ -347,6 +349,9 @@ func (c *Config) SetDefaults() {
 	if c.Payload.BlockSize == 0 {
 		c.Payload.BlockSize = DefaultBlockSize
 	}
+	if c.K3s != nil {
+		c.K3s.SetDefaults()
+	}
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -404,6 +409,11 @@ func (c *Config) Validate() error {
 	}
 	if err := ValidateEpoch(c.Security.Epoch); err != nil {
 		errs = append(errs, fmt.Errorf("security.epoch: %w", err))
+	}
+	if c.K3s != nil {
+		if err := c.K3s.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -42,7 +42,10 @@ type Manifest struct {
 	// (schema 2).
 	MeasuredBoot *MeasuredBoot `json:"measuredBoot,omitempty"`
 	// PCR11 is schema 1's PCR 11 prediction, read from old manifests only; schema 2 has MeasuredBoot.
-	PCR11      *PCR        `json:"pcr11,omitempty"`
+	PCR11 *PCR `json:"pcr11,omitempty"`
+	// K3s is the K3s release inside the image ("v1.36.2+k3s1"); empty when the image has none. Updaters
+	// older than this field refuse manifests that carry it (unknown field).
+	K3s        string      `json:"k3s,omitempty"`
 	SBOM       *File       `json:"sbom,omitempty"`
 	Provenance *Provenance `json:"provenance,omitempty"`
 }

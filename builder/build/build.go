@@ -46,6 +46,14 @@ type Options struct {
 	// and its signatures of the image's PCR 11 policy (.pcrsig), which devices need to unlock state.
 	// Without it the build works, but devices will not unlock state with the image.
 	PCRPolicy crypto.Signer
+	// ArtifactCache is the folder downloaded artifacts (the K3s binary, air-gap images) are cached in
+	// by sha256; "" means artifact.DefaultDir().
+	ArtifactCache string
+	// Offline forbids network requests: artifacts given by URL must already be in ArtifactCache.
+	Offline bool
+	// Check, when set, judges the finished disk image before the output folder is put in place (basalt
+	// build --strict runs basalt lint there): its error fails the build and nothing is written.
+	Check func(ctx context.Context, diskPath string) error
 	// Builder names this program and its version in the manifest's provenance.
 	Builder  string
 	Progress *progress.Reporter
@@ -117,6 +125,11 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err := os.RemoveAll(b.work); err != nil {
 		return nil, err
 	}
+	if o.Check != nil {
+		if err := o.Check(ctx, filepath.Join(tmp, DiskFile)); err != nil {
+			return nil, err
+		}
+	}
 	if err := replaceDir(tmp, out); err != nil {
 		return nil, fmt.Errorf("move output into %s: %w", out, err)
 	}
@@ -144,6 +157,9 @@ func (b *builder) run(ctx context.Context) (*images.Manifest, error) {
 		return nil, err
 	}
 	if err := b.addMountPoints(tree); err != nil {
+		return nil, err
+	}
+	if err := b.addK3s(ctx, tree); err != nil {
 		return nil, err
 	}
 

@@ -105,6 +105,9 @@ func (b *builder) writeUpdate(ctx context.Context, tree *rootfs.Tree, root *root
 			ConfigSHA256: hex.EncodeToString(cfgSum[:]),
 		},
 	}
+	if cfg.K3s != nil {
+		m.K3s = cfg.K3s.Version
+	}
 	if !b.SourceDateEpoch.IsZero() {
 		m.Provenance.SourceDateEpoch = b.SourceDateEpoch.Unix()
 	}
@@ -135,6 +138,15 @@ func configIdentity(c *images.Config) []byte {
 		}
 		id = fmt.Appendf(id, "\x00epoch=%d\x00required=%s\x00secureBootPCR=%s\x00recoveryKey=%t\x00recoveryPrint=%t",
 			c.Security.Epoch, opt(c.TPM.Required), opt(c.TPM.SecureBootPCR), c.TPM.RecoveryKey != "", c.TPM.RecoveryPrint)
+	}
+	// The K3s section, when set: its settings and the sha256 of every artifact (not where they came
+	// from). The registries file and extra manifests are in the rootfs digest through the tree.
+	if k := c.K3s; k != nil {
+		id = fmt.Appendf(id, "\x00k3s=%s\x00binary=%s\x00audit=%+v\x00podMaxPids=%d\x00allowed=%q\x00psaExempt=%q\x00optOut=%+v",
+			k.Version, k.Binary.SHA256, k.Audit, k.PodMaxPids, k.AllowedRegistries, k.PSAExemptNamespaces, k.OptOut)
+		for _, a := range k.AirgapImages {
+			id = fmt.Appendf(id, "\x00image=%s:%s", a.Name(), a.SHA256)
+		}
 	}
 	return id
 }

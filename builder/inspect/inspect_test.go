@@ -82,3 +82,33 @@ func TestInspectUpdateMeasuredBoot(t *testing.T) {
 		t.Errorf("tampered manifest: %v", err)
 	}
 }
+
+// An update whose manifest records a K3s release shows it; one without K3s says nothing of it.
+func TestInspectUpdateK3s(t *testing.T) {
+	dir := t.TempDir()
+	m, err := fixture.UpdateFolder(dir, "basalt", "1.0.0", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := inspect.InspectUpdate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := text(t, u); strings.Contains(out, "k3s") {
+		t.Errorf("an image without K3s, inspect says:\n%s", out)
+	}
+	m.K3s = "v1.36.2+k3s1"
+	data, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, images.ManifestFile), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if u, err = inspect.InspectUpdate(dir); err != nil {
+		t.Fatal(err)
+	}
+	if out := text(t, u); !strings.Contains(out, "\n  k3s         v1.36.2+k3s1\n") {
+		t.Errorf("inspect output lacks the K3s version:\n%s", out)
+	}
+}

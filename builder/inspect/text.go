@@ -37,6 +37,9 @@ func (u *Update) WriteText(w io.Writer) error {
 	if m.PCR11 != nil {
 		fmt.Fprintf(w, "  PCR 11      %s:%s\n", m.PCR11.Bank, m.PCR11.Value)
 	}
+	if m.K3s != "" {
+		fmt.Fprintf(w, "  k3s         %s\n", m.K3s)
+	}
 	fmt.Fprintf(w, "  checked     %s (sizes and sha256 match the manifest)\n", strings.Join(u.Checked, ", "))
 	if mb := m.MeasuredBoot; mb != nil {
 		if err := writeMeasured(w, mb, u.MeasuredBoot); err != nil {

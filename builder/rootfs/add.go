@@ -4,7 +4,9 @@ import (
 	"archive/tar"
 	"fmt"
 	"io/fs"
+	"os"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -12,32 +14,76 @@ import (
 // it), replacing a regular file already there. Missing parent directories are added as 0755 root:root.
 // It is how the builder adds files of its own to a rootfs, such as the TUF root of trust.
 func (t *Tree) AddFile(name string, data []byte, mode fs.FileMode, mtime time.Time) error {
-	clean, err := cleanName(name)
-	if err != nil || clean == "" {
-		return fmt.Errorf("add %s: invalid path", name)
-	}
 	n := &node{typ: tar.TypeReg, mode: int64(mode.Perm()), mtime: mtime.Unix(), size: int64(len(data)), data: data, file: -1}
 	if n.data == nil {
 		n.data = []byte{}
 	}
-	// Every parent must be a directory (not a symlink: a file added through one could land anywhere).
+	return t.add(name, n, mtime)
+}
+
+// AddHostFile is AddFile for a large file: its content, the first size bytes of f, is read from f when
+// the tree is written, never held in memory. The tree takes f over in every case: it closes f at once
+// when it fails, and on Close otherwise. f must not change until then (give it a file nothing else
+// writes, such as a verified artifact-cache entry).
+func (t *Tree) AddHostFile(name string, f *os.File, size int64, mode fs.FileMode, mtime time.Time) error {
+	if size < 0 {
+		f.Close()
+		return fmt.Errorf("add %s: negative size %d", name, size)
+	}
+	n := &node{typ: tar.TypeReg, mode: int64(mode.Perm()), mtime: mtime.Unix(), size: size, file: len(t.files)}
+	if err := t.add(name, n, mtime); err != nil {
+		f.Close()
+		return err
+	}
+	t.files = append(t.files, f)
+	return nil
+}
+
+// AddSymlink puts a symlink owned by root into the tree at name, pointing to target (which is stored
+// as it is, never resolved), replacing a symlink already there. Parent directories follow AddFile's
+// rules.
+func (t *Tree) AddSymlink(name, target string, mtime time.Time) error {
+	if target == "" || strings.IndexByte(target, 0) >= 0 {
+		return fmt.Errorf("add symlink %s: invalid target %q", name, target)
+	}
+	n := &node{typ: tar.TypeSymlink, mode: 0o777, mtime: mtime.Unix(), linkname: target, file: -1}
+	return t.add(name, n, mtime)
+}
+
+// add puts the regular file or symlink n at name, replacing an entry of the same kind. Every parent
+// must be a directory (not a symlink: a file added through one could land anywhere); missing ones are
+// added as 0755 root:root with mtime.
+func (t *Tree) add(name string, n *node, mtime time.Time) error {
+	clean, err := cleanName(name)
+	if err != nil || clean == "" {
+		return fmt.Errorf("add %s: invalid path", name)
+	}
+	if i, ok := t.find(clean); ok {
+		if old := t.entries[i]; old.n.typ != n.typ || old.link != "" || old.n.links > 1 {
+			what := typeName(old)
+			if old.n.typ == tar.TypeReg && old.link == "" && old.n.links <= 1 {
+				what = "regular file"
+			}
+			return fmt.Errorf("add /%s: a %s is already there", clean, what)
+		}
+	}
+	var missing []string
 	for dir := parent(clean); ; dir = parent(dir) {
 		if i, ok := t.find(dir); ok {
 			if t.entries[i].n.typ != tar.TypeDir {
 				return fmt.Errorf("add /%s: /%s is not a directory", clean, dir)
 			}
 		} else {
-			t.insert(entry{name: dir, n: &node{typ: tar.TypeDir, mode: 0o755, mtime: mtime.Unix(), file: -1}})
+			missing = append(missing, dir)
 		}
 		if dir == "" {
 			break
 		}
 	}
+	for _, dir := range missing {
+		t.insert(entry{name: dir, n: &node{typ: tar.TypeDir, mode: 0o755, mtime: mtime.Unix(), file: -1}})
+	}
 	if i, ok := t.find(clean); ok {
-		old := t.entries[i]
-		if old.n.typ != tar.TypeReg || old.link != "" || old.n.links > 1 {
-			return fmt.Errorf("add /%s: a %s is already there", clean, typeName(old))
-		}
 		t.entries[i].n = n
 		return nil
 	}

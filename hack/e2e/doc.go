@@ -4,7 +4,10 @@
 // and plays the update scenarios of the project: an image built with the defaults, an update, a version
 // that fails its health checks, a kernel that panics, power cuts during an install, a tampered root and an
 // unsigned UKI, damage to what every version shares (state superblock, primary GPT, a blessed slot's
-// block), power cuts through a write cache, and a hang that only the hardware watchdog ends.
+// block), power cuts through a write cache, a hang that only the hardware watchdog ends, and K3s: a
+// version whose kubelet refuses its kernel flags is rolled back by the K3s health checks. K3s itself
+// cannot run here (no usable k3s, kube-apiserver or etcd binary can be had): those versions carry
+// the K3s stand-in of hack/k3s-standin (see k3s_test.go).
 //
 // A power cut is QEMU killed: the guest loses what it had not yet written to its virtual disk (its page
 // cache). Most scenarios give QEMU the disk file itself, so writes QEMU had passed on survive; the

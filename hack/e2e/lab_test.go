@@ -19,7 +19,7 @@ import (
 	"github.com/basalt-os/basalt/internal/testtool"
 )
 
-// osName is the OS name of the test images; versions 1.0.0 to 9.0.0 are built.
+// osName is the OS name of the test images; versions 1.0.0 to 11.0.0 are built.
 const osName = "basalt-e2e"
 
 // The guest's kernel modules, loaded by basalt-init from the initrd: disk, network, dm-verity, the
@@ -51,6 +51,11 @@ type variant struct {
 	epoch int
 	// otherPCRKey signs its PCR policy with a PCR-policy key the devices' state is not sealed to.
 	otherPCRKey bool
+	// k3s gives it the image config's k3s section (the K3s stand-in, k3s_test.go), an init that starts
+	// K3s as a product image's units would, and the updater's K3s health checks.
+	k3s bool
+	// files are extra files of its rootfs, by absolute path.
+	files map[string]string
 }
 
 const goodCmdline = "console=ttyS0 panic=5"
@@ -72,6 +77,11 @@ var versions = []variant{
 	{version: "8.0.0", epoch: 2},
 	// 9.0.0's PCR policy is signed by another key: it would not unlock the device's state.
 	{version: "9.0.0", epoch: 2, otherPCRKey: true},
+	// 10.0.0 brings K3s (the stand-in) with its hardening; it is healthy.
+	{version: "10.0.0", epoch: 2, k3s: true},
+	// 11.0.0 too, but a sysctl.d file of its own sets kernel.panic back to 5 after the image's
+	// 90-kubelet.conf: kubelet, with protect-kernel-defaults, refuses to start.
+	{version: "11.0.0", epoch: 2, k3s: true, files: map[string]string{"/etc/sysctl.d/99-panic.conf": "kernel.panic = 5\n"}},
 }
 
 // defaultsImage is built from what a newcomer brings: no initrd section, no /efi in the rootfs. It is
@@ -96,6 +106,9 @@ type lab struct {
 	stateHeader string
 	// recovery is the state's recovery key, once read from its escrow.
 	recovery string
+	// k3s are the K3s stand-in binary and an air-gap image tarball, for the k3s section of the versions
+	// that have one.
+	k3s k3sArtifacts
 }
 
 func newLab(t *testing.T) *lab {
@@ -134,6 +147,7 @@ func newLab(t *testing.T) *lab {
 
 	start := time.Now()
 	l.buildBinaries(t)
+	l.buildK3sArtifacts(t)
 	l.makeKeysAndRepo(t)
 	l.serveRepo(t)
 	for _, v := range append(versions, defaultsImage) {
@@ -206,6 +220,9 @@ func (l *lab) buildVersion(t *testing.T, v variant) {
 	rootfs := filepath.Join(dir, "rootfs")
 	l.run(t, "bash", filepath.Join(l.top, "hack", "mkrootfs.sh"), rootfs)
 	l.installGuest(t, rootfs, v)
+	for name, data := range v.files {
+		writeFile(t, filepath.Join(rootfs, name), data, 0o644)
+	}
 
 	cmdline, compression := v.cmdline, v.compression
 	if cmdline == "" {
@@ -243,6 +260,9 @@ payload:
 	}
 	if v.epoch != 0 {
 		cfg += fmt.Sprintf("security:\n  epoch: %d\n", v.epoch)
+	}
+	if v.k3s {
+		cfg += l.k3s.imageConfig()
 	}
 	// The recovery key is escrowed to the fleet's key: the suite opens the state with it.
 	cfg += fmt.Sprintf("tpm:\n  recoveryKey: %s\n", filepath.Join(l.keys, "recovery.pub"))
@@ -299,6 +319,10 @@ func (l *lab) installGuest(t *testing.T, rootfs string, v variant) {
 	if v.hang {
 		hang = "echo 'basalt-e2e: hanging on purpose'\nwhile :; do sleep 3600; done\n"
 	}
+	if v.k3s {
+		hang = k3sInit + hang
+		writeFile(t, filepath.Join(rootfs, "etc", "hostname"), k3sHostname+"\n", 0o644)
+	}
 	writeFile(t, filepath.Join(rootfs, "etc", "init.d", "rcS"), `#!/bin/sh
 # basalt-init mounted /run with its boot report in it.
 grep -q ' /run ' /proc/mounts || mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
@@ -328,6 +352,10 @@ fi
 	for i, a := range health {
 		quoted[i] = fmt.Sprintf("%q", a)
 	}
+	checks := fmt.Sprintf("  deadline: 15s\n  checks:\n    - command: [%s]\n", strings.Join(quoted, ", "))
+	if v.k3s {
+		checks = k3sHealth
+	}
 	writeFile(t, filepath.Join(rootfs, "etc", "basalt", "updater.yaml"), fmt.Sprintf(`name: %s
 repository:
   url: %s
@@ -339,11 +367,8 @@ poll:
   interval: 5s
   jitter: 1s
 health:
-  deadline: 15s
-  checks:
-    - command: [%s]
-reboot: auto
-`, osName, l.url, strings.Join(quoted, ", ")), 0o644)
+%sreboot: auto
+`, osName, l.url, checks), 0o644)
 }
 
 // publish adds a built version to the repository's stable channel.

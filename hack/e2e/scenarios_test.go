@@ -38,6 +38,7 @@ func TestScenarios(t *testing.T) {
 		{"g-write-cache", scenarioWriteCache},
 		{"h-watchdog", scenarioWatchdog},
 		{"i-measured", scenarioMeasured},
+		{"j-k3s", scenarioK3s},
 	} {
 		start, firstBoot := time.Now(), len(l.m.logs)
 		ok := t.Run(sc.name, func(t *testing.T) { sc.run(t, l) })

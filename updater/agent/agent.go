@@ -909,7 +909,7 @@ func ErrorClass(err error) string {
 		}
 	}
 	for _, e := range []error{ErrPending, ErrNotBlessed, ErrNothingPending, tufclient.ErrDowngrade, tufclient.ErrIncompatible,
-		tufclient.ErrNotFound, state.ErrBadVersion, state.ErrDowngrade, state.ErrTransition, install.ErrRefused} {
+		tufclient.ErrNotFound, state.ErrBadVersion, state.ErrDowngrade, state.ErrTransition, install.ErrRefused, health.ErrMisconfigured} {
 		if errors.Is(err, e) {
 			return ClassUser
 		}

@@ -307,7 +307,7 @@ func NewRoot(stdout, stderr io.Writer, hooks func(*agent.Agent) error) *cobra.Co
 	df.DurationVar(&initialDelay, "initial-delay", 5*time.Second, "wait after the post-boot verdict before the first check (0 with --once unless set)")
 	df.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this local address, e.g. 127.0.0.1:9101 (empty: off)")
 
-	root.AddCommand(status, check, inst, markGood, rollback, healthCmd, daemonCmd)
+	root.AddCommand(status, check, inst, markGood, rollback, healthCmd, daemonCmd, newK3sPrepare(g, stderr))
 	return root
 }
 

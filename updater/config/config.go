@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -67,7 +66,8 @@ type Health struct {
 	Checks   []Check  `yaml:"checks"`
 }
 
-// Check is one health check: exactly one of its fields is set.
+// Check is one health check: exactly one of its kinds (command, http, file, unit, k3s, workload) is
+// set; server, kubeconfig, nodeName and timeout qualify it (see checks.go).
 type Check struct {
 	// Command runs a program (argv); exit code 0 passes.
 	Command []string `yaml:"command"`
@@ -77,6 +77,25 @@ type Check struct {
 	File string `yaml:"file"`
 	// Unit passes when the systemd unit is active.
 	Unit string `yaml:"unit"`
+	// K3s checks this node's K3s: K3sAPIServer, K3sNode, K3sKubelet or K3sConfig.
+	K3s string `yaml:"k3s"`
+	// Workload passes when a Deployment, DaemonSet or StatefulSet is available: "namespace/kind/name"
+	// (ParseWorkload); it needs Kubeconfig.
+	Workload string `yaml:"workload"`
+
+	// Server is the base URL the k3s and workload checks ask (default for the API checks: the server
+	// of the check's kubeconfig when it names one, else https://127.0.0.1:6443, this node's own API
+	// port; for k3s: kubelet, http://127.0.0.1:10248).
+	Server string `yaml:"server"`
+	// Kubeconfig authenticates the API checks (default for k3s apiserver and node: the node's
+	// kubelet.kubeconfig; required for workload, since the node's identity may not read workloads).
+	Kubeconfig string `yaml:"kubeconfig"`
+	// NodeName is this node's name, which k3s: node checks and whose pods a workload check looks at
+	// (default: the name K3s gives it: its node-name setting, else the host name, with the node id
+	// appended under with-node-id).
+	NodeName string `yaml:"nodeName"`
+	// Timeout bounds this check and its retries (0: what is left of health.deadline).
+	Timeout Duration `yaml:"timeout"`
 }
 
 // Poll is the daemon's check interval with random jitter added.
@@ -240,18 +259,7 @@ func (c *Config) Validate() error {
 		bad("reboot %q: want auto or never", c.Reboot)
 	}
 	for i, ch := range c.Health.Checks {
-		n := 0
-		for _, set := range []bool{len(ch.Command) > 0, ch.HTTP != "", ch.File != "", ch.Unit != ""} {
-			if set {
-				n++
-			}
-		}
-		if n != 1 {
-			bad("health.checks[%d]: set exactly one of command, http, file, unit", i)
-		}
-		if ch.HTTP != "" && !strings.HasPrefix(ch.HTTP, "http://") && !strings.HasPrefix(ch.HTTP, "https://") {
-			bad("health.checks[%d].http %q: want an http(s) URL", i, ch.HTTP)
-		}
+		errs = append(errs, ch.validate(fmt.Sprintf("health.checks[%d]", i), time.Duration(c.Health.Deadline))...)
 	}
 	return errors.Join(errs...)
 }

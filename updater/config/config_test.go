@@ -167,3 +167,73 @@ func TestNextWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestK3sChecks: each K3s and workload check kind parses with its qualifiers; two kinds in one check,
+// a bad workload, misplaced or bad qualifiers, a negative timeout and a timeout past the deadline are
+// refused, each naming its key.
+func TestK3sChecks(t *testing.T) {
+	base := "name: basalt\nrepository: {url: http://x}\nhealth:\n  deadline: 3m\n  checks:\n"
+	c, err := Parse([]byte(base + `
+    - k3s: apiserver
+      timeout: 30s
+    - k3s: node
+      nodeName: dev1
+      server: https://127.0.0.1:6443
+      kubeconfig: /var/lib/rancher/k3s/agent/kubelet.kubeconfig
+    - k3s: kubelet
+      server: http://127.0.0.1:10248
+    - k3s: config
+    - workload: kube-system/Deployment/coredns
+      kubeconfig: /etc/rancher/k3s/k3s.yaml
+      nodeName: dev1
+      timeout: 3m
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := c.Health.Checks
+	if len(ch) != 5 || ch[0].K3s != K3sAPIServer || time.Duration(ch[0].Timeout) != 30*time.Second || ch[1].NodeName != "dev1" ||
+		ch[2].Server != "http://127.0.0.1:10248" || ch[3].K3s != K3sConfig || ch[4].Workload != "kube-system/Deployment/coredns" || ch[4].NodeName != "dev1" {
+		t.Errorf("checks %+v", ch)
+	}
+	for i, kind := range []string{"k3s", "k3s", "k3s", "k3s", "workload"} {
+		if ch[i].Kind() != kind {
+			t.Errorf("check %d: kind %q, want %q", i, ch[i].Kind(), kind)
+		}
+	}
+	w, err := ParseWorkload(ch[4].Workload)
+	if err != nil || w != (Workload{Namespace: "kube-system", Kind: KindDeployment, Name: "coredns"}) {
+		t.Errorf("workload %+v, %v", w, err)
+	}
+
+	for _, tc := range []struct{ check, want string }{
+		{"{k3s: node, file: /a}", "health.checks[0]: set exactly one of command, http, file, unit, k3s, workload"},
+		{"{k3s: node, workload: a/deployment/b, kubeconfig: /k}", "health.checks[0]: set exactly one"},
+		{"{k3s: etcd}", `health.checks[0].k3s "etcd": want apiserver, node, kubelet or config`},
+		{"{workload: kube-system/coredns, kubeconfig: /k}", "health.checks[0].workload \"kube-system/coredns\": want namespace/kind/name"},
+		{"{workload: kube-system/pod/coredns, kubeconfig: /k}", `kind "pod": want deployment, daemonset or statefulset`},
+		{"{workload: Kube_System/deployment/coredns, kubeconfig: /k}", "is not a DNS label"},
+		{"{workload: a/deployment/B, kubeconfig: /k}", "is not a DNS subdomain"},
+		{"{workload: a/deployment/b}", "health.checks[0].kubeconfig: required with workload"},
+		{"{workload: a/deployment/b, kubeconfig: k3s.yaml}", "want an absolute path"},
+		{"{k3s: apiserver, server: http://127.0.0.1:6443}", "want an https URL"},
+		{"{k3s: kubelet, server: ftp://127.0.0.1}", "want an http(s) URL"},
+		{"{k3s: kubelet, kubeconfig: /k}", "kubeconfig: only for"},
+		{"{k3s: config, server: https://x}", "server: only for"},
+		{"{k3s: apiserver, nodeName: dev1}", "nodeName: only for k3s: node and workload"},
+		{"{workload: a/daemonset/b, kubeconfig: /k, nodeName: Dev1}", `nodeName "Dev1": not a node name`},
+		{"{file: /a, timeout: -5s}", "not a duration"},
+		{"{k3s: node, timeout: 4m}", "health.checks[0].timeout 4m0s: longer than health.deadline 3m0s"},
+		{"{k3s: node, bogus: 1}", "field bogus not found"},
+	} {
+		_, err := Parse([]byte(base + "    - " + tc.check + "\n"))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("check %s: %v, want an error with %q", tc.check, err, tc.want)
+		}
+	}
+	// Validate alone (a Config built in code) refuses a negative timeout too.
+	c.Health.Checks[0].Timeout = Duration(-time.Second)
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "health.checks[0].timeout -1s: want a duration >= 0") {
+		t.Errorf("negative timeout: %v", err)
+	}
+}

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"crypto"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/basalt-os/basalt/builder/build"
+	"github.com/basalt-os/basalt/builder/lint"
 	"github.com/basalt-os/basalt/builder/progress"
 	"github.com/basalt-os/basalt/builder/uki"
 	"github.com/basalt-os/basalt/images"
@@ -19,7 +22,8 @@ import (
 
 func newBuildCmd(g *globalFlags) *cobra.Command {
 	var (
-		out, ver, keyDir string
+		out, ver, keyDir, cacheDir string
+		offline, strict            bool
 	)
 	cmd := &cobra.Command{
 		Use:   "build CONFIG.yaml",
@@ -35,10 +39,17 @@ With --keys, the UKI carries the PCR-policy key's signatures of its PCR 11 polic
 image's security.epoch); devices need them to unlock their encrypted state partition. Without a
 PCR-policy key the build works and warns: devices will not unlock state with such an image.
 
+With a k3s: section, the K3s binary and air-gap image tarballs come from host paths or URLs, each
+checked against its sha256. Downloads are cached by sha256 in the artifact cache (--cache; by default
+$XDG_CACHE_HOME/basalt/artifacts, else ~/.cache/basalt/artifacts); with --offline the build makes no
+network request and fails when an artifact is not in the cache. With --strict, 'basalt lint' judges
+the finished disk image and any failed check fails the build (nothing is written).
+
 The output folder is replaced only when the whole build succeeded.
 Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 		Example: `  basalt build images/demo.yaml --out out/demo
-  SOURCE_DATE_EPOCH=1700000000 basalt build img.yaml --version 1.2.0 --out out/1.2.0`,
+  SOURCE_DATE_EPOCH=1700000000 basalt build img.yaml --version 1.2.0 --out out/1.2.0
+  basalt build k3s-node.yaml --offline --cache /srv/basalt-cache --out out/node`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadConfig(args[0], ver)
@@ -75,6 +86,9 @@ Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 				SourceDateEpoch: epoch,
 				SecureBoot:      signer,
 				PCRPolicy:       pcrPolicy,
+				ArtifactCache:   cacheDir,
+				Offline:         offline,
+				Check:           strictCheck(strict, cmd.ErrOrStderr()),
 				Builder:         "basalt " + version,
 				Progress:        progress.New(os.Stderr, g.quiet),
 				Log:             log,
@@ -88,6 +102,9 @@ Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n  disk image  %s\n  update      %s\n  root hash   %s\n  payload     %d bytes (%s, %d blocks) for a %d-byte root image\n",
 				m.Name, m.Version, res.DiskPath, res.UpdateDir, m.Root.Verity.RootHash,
 				m.Root.Payload.Size, m.Root.Payload.Codec, len(m.Root.Payload.Blocks), m.Root.Size)
+			if m.K3s != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "  k3s         %s\n", m.K3s)
+			}
 			if mb := m.MeasuredBoot; mb != nil {
 				v, _ := mb.PCR11Value(images.BankSHA256, images.SignedPhase)
 				fmt.Fprintf(cmd.OutOrStdout(), "  stub        systemd-stub %s, security epoch %d\n  PCR 11      %s (sha256, %s)\n", mb.Stub, mb.Epoch, v, images.SignedPhase)
@@ -103,7 +120,36 @@ Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 	cmd.Flags().StringVarP(&out, "out", "o", "out", "output folder (replaced when the build succeeds)")
 	cmd.Flags().StringVar(&ver, "version", "", "version to build (overrides the config's version)")
 	cmd.Flags().StringVar(&keyDir, "keys", "", "key folder ('basalt keys init'): sign systemd-boot and the UKI with its Secure Boot key, and the UKI's PCR 11 policy with its PCR-policy key")
+	cmd.Flags().BoolVar(&offline, "offline", false, "use only the artifact cache: make no network request, fail when an artifact given by URL is not cached")
+	cmd.Flags().BoolVar(&strict, "strict", false, "run 'basalt lint' on the built disk image and fail the build when a check fails")
+	cmd.Flags().StringVar(&cacheDir, "cache", "", "artifact cache folder `DIR`: downloads (K3s binary, air-gap images) kept by sha256 (default $XDG_CACHE_HOME/basalt/artifacts or ~/.cache/basalt/artifacts)")
 	return cmd
+}
+
+// strictCheck returns the build's Check for --strict: basalt lint of the finished disk image, its failed
+// checks printed to w. An image without K3s has nothing to lint and passes.
+func strictCheck(strict bool, w io.Writer) func(context.Context, string) error {
+	if !strict {
+		return nil
+	}
+	return func(ctx context.Context, disk string) error {
+		img, err := lint.FromDisk(disk)
+		if errors.Is(err, lint.ErrNoK3s) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("--strict: lint: %w", err)
+		}
+		defer img.Close()
+		failed := lint.Check(img).Failed()
+		if len(failed) == 0 {
+			return nil
+		}
+		for _, r := range failed {
+			fmt.Fprintf(w, "lint: %s fail: %s: %s\n", r.ID, r.Title, r.Detail)
+		}
+		return fmt.Errorf("--strict: basalt lint found %d failed check(s); nothing was written", len(failed))
+	}
 }
 
 // loadPCRPolicyKey returns the key folder's PCR-policy key, or nil when it has none (the build then
