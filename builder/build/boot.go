@@ -75,7 +75,7 @@ func (b *builder) assembleBoot(tree *rootfs.Tree, root *rootImage) (*bootFiles, 
 	}
 
 	cmdline := strings.TrimSpace(fmt.Sprintf("%s roothash=%s basalt.version=%s basalt.verity.hashoffset=%d",
-		withPanicReboot(cfg.Kernel.Cmdline), hex.EncodeToString(root.verity.RootHash), cfg.Version, root.fsSize))
+		WithPanicReboot(cfg.Kernel.Cmdline), hex.EncodeToString(root.verity.RootHash), cfg.Version, root.fsSize))
 	if w := time.Duration(cfg.Boot.Watchdog); w > 0 {
 		cmdline += fmt.Sprintf(" basalt.watchdog=%d", int(w/time.Second))
 	}
@@ -125,9 +125,9 @@ const maxCmdline = 2047
 // moves on to the previous version instead of the device hanging at the panic.
 const defaultPanic = "panic=10"
 
-// withPanicReboot returns the configured command line with defaultPanic appended when it sets no
+// WithPanicReboot returns the configured command line with defaultPanic appended when it sets no
 // panic= itself.
-func withPanicReboot(cmdline string) string {
+func WithPanicReboot(cmdline string) string {
 	for _, tok := range strings.Fields(cmdline) {
 		if tok == "--" {
 			break

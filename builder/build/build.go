@@ -191,8 +191,12 @@ func (b *builder) run(ctx context.Context) (*images.Manifest, error) {
 
 // openRootfs reads the rootfs the config names into a tree.
 func (b *builder) openRootfs(ctx context.Context) (*rootfs.Tree, error) {
-	cfg := b.Config
-	opts := rootfs.Options{ClampMtime: b.SourceDateEpoch, TempDir: b.work}
+	return OpenRootfs(ctx, b.Config, rootfs.Options{ClampMtime: b.SourceDateEpoch, TempDir: b.work})
+}
+
+// OpenRootfs reads the rootfs an image config names (rootfs.dir, .tar or .oci; a path that exists wins
+// over a registry reference) into a tree, as a build does.
+func OpenRootfs(ctx context.Context, cfg *images.Config, opts rootfs.Options) (*rootfs.Tree, error) {
 	var (
 		tree *rootfs.Tree
 		err  error

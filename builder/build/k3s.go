@@ -32,7 +32,7 @@ func (b *builder) addK3s(ctx context.Context, tree *rootfs.Tree) error {
 	if err := checkK3sTargets(tree); err != nil {
 		return fmt.Errorf("%s: k3s: %w", cfg.Source, err)
 	}
-	in, err := b.k3sInputs()
+	in, err := K3sInputs(cfg)
 	if err != nil {
 		return err
 	}
@@ -151,9 +151,9 @@ func (b *builder) privateCopy(src *os.File, want string) (*os.File, int64, error
 	return cp, size, nil
 }
 
-// k3sInputs reads the host files of the k3s section: registries.yaml and the manifests folder.
-func (b *builder) k3sInputs() (k3s.Inputs, error) {
-	cfg := b.Config
+// K3sInputs reads the host files of an image config's k3s section (which must be set):
+// registries.yaml and the manifests folder, as a build gives them to k3s.Render.
+func K3sInputs(cfg *images.Config) (k3s.Inputs, error) {
 	k := cfg.K3s
 	var in k3s.Inputs
 	if k.Registries != "" {

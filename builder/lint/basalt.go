@@ -286,3 +286,30 @@ func (s *state) checkDropins() (Status, string) {
 	}
 	return Pass, "drop-ins keep every hardening key: " + strings.Join(names, ", ")
 }
+
+// checkOptOuts refuses an opt-out (k3s.optOut, from the record) of a control that is not one of
+// SA21's WARN controls: PASS and N/A controls cannot be opted out of, and an unknown id is a typo
+// that would otherwise be ignored silently.
+func (s *state) checkOptOuts() (Status, string) {
+	if s.record == nil || len(s.record.OptOut) == 0 {
+		return Pass, "no control opted out"
+	}
+	sa21 := map[string]SA21Result{}
+	for _, c := range controls {
+		sa21[c.ID] = c.SA21
+	}
+	var bad, ids []string
+	for _, o := range s.record.OptOut {
+		ids = append(ids, o.Control)
+		switch r, ok := sa21[o.Control]; {
+		case !ok:
+			bad = append(bad, o.Control+" is not a control of the CIS v2.1 self-assessment")
+		case r != SA21Warn:
+			bad = append(bad, fmt.Sprintf("%s is a %s control: only WARN controls can be opted out of", o.Control, r))
+		}
+	}
+	if len(bad) > 0 {
+		return Fail, strings.Join(bad, "; ")
+	}
+	return Pass, "opted out (WARN controls): " + strings.Join(ids, ", ")
+}

@@ -8,9 +8,8 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
-	"strings"
 
+	"github.com/basalt-os/basalt/builder/build"
 	"github.com/basalt-os/basalt/builder/rootfs"
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/images/k3s"
@@ -27,7 +26,7 @@ func FromConfig(ctx context.Context, cfg *images.Config, artifacts func(images.A
 	if cfg.K3s == nil {
 		return nil, fmt.Errorf("%s: %w", cfg.Source, ErrNoK3s)
 	}
-	in, err := renderInputs(cfg)
+	in, err := build.K3sInputs(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -35,7 +34,7 @@ func FromConfig(ctx context.Context, cfg *images.Config, artifacts func(images.A
 	if err != nil {
 		return nil, fmt.Errorf("%s: render k3s files: %w", cfg.Source, err)
 	}
-	tree, err := openRootfs(ctx, cfg)
+	tree, err := build.OpenRootfs(ctx, cfg, rootfs.Options{})
 	if err != nil {
 		return nil, err
 	}
@@ -45,86 +44,11 @@ func FromConfig(ctx context.Context, cfg *images.Config, artifacts func(images.A
 	}
 	return &Image{
 		FS:        newOverlay(tree.FS(), over),
-		Cmdline:   withPanicReboot(cfg.Kernel.Cmdline),
+		Cmdline:   build.WithPanicReboot(cfg.Kernel.Cmdline),
 		StateSize: int64(cfg.Disk.StateSize()),
 		Artifacts: configArtifacts(cfg, artifacts),
 		close:     tree.Close,
 	}, nil
-}
-
-// renderInputs reads the host files of the k3s section: registries.yaml and the manifests folder.
-func renderInputs(cfg *images.Config) (k3s.Inputs, error) {
-	var in k3s.Inputs
-	if p := cfg.K3s.Registries; p != "" {
-		b, err := os.ReadFile(cfg.HostPath(p))
-		if err != nil {
-			return in, fmt.Errorf("%s: k3s.registries: %w", cfg.Source, err)
-		}
-		in.Registries = b
-	}
-	if d := cfg.K3s.Manifests; d != "" {
-		dir := cfg.HostPath(d)
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return in, fmt.Errorf("%s: k3s.manifests: %w", cfg.Source, err)
-		}
-		in.Manifests = map[string][]byte{}
-		for _, e := range ents {
-			if e.IsDir() || (!strings.HasSuffix(e.Name(), ".yaml") && !strings.HasSuffix(e.Name(), ".yml")) {
-				continue
-			}
-			b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-			if err != nil {
-				return in, fmt.Errorf("%s: k3s.manifests: %w", cfg.Source, err)
-			}
-			in.Manifests[e.Name()] = b
-		}
-	}
-	return in, nil
-}
-
-// openRootfs reads the rootfs the config names into a tree, as the builder does.
-func openRootfs(ctx context.Context, cfg *images.Config) (*rootfs.Tree, error) {
-	var (
-		tree *rootfs.Tree
-		err  error
-	)
-	switch {
-	case cfg.Rootfs.Dir != "":
-		dir := cfg.HostPath(cfg.Rootfs.Dir)
-		if fi, serr := os.Stat(dir); serr != nil || !fi.IsDir() {
-			return nil, fmt.Errorf("%s: rootfs.dir %s: not a folder", cfg.Source, dir)
-		}
-		tree, err = rootfs.FromDir(dir, rootfs.Options{})
-	case cfg.Rootfs.Tar != "":
-		tree, err = rootfs.FromTar(cfg.HostPath(cfg.Rootfs.Tar), rootfs.Options{})
-	default:
-		ref := cfg.Rootfs.OCI
-		if p := cfg.HostPath(ref); p != "" {
-			if _, serr := os.Stat(p); serr == nil {
-				ref = p
-			}
-		}
-		tree, err = rootfs.FromOCI(ctx, ref, rootfs.Options{})
-	}
-	if err != nil {
-		return nil, fmt.Errorf("rootfs: %w", err)
-	}
-	return tree, nil
-}
-
-// withPanicReboot is the builder's rule (builder/build/boot.go): panic=10 is appended when the
-// configured command line sets no panic=.
-func withPanicReboot(cmdline string) string {
-	for _, tok := range strings.Fields(cmdline) {
-		if tok == "--" {
-			break
-		}
-		if strings.HasPrefix(tok, "panic=") {
-			return cmdline
-		}
-	}
-	return strings.TrimSpace(cmdline + " panic=10")
 }
 
 // configArtifacts checks a recorded file against the config's artifact and its host file.

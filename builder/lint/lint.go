@@ -135,6 +135,7 @@ var basaltChecks = []basaltCheck{
 	{"basalt.psa-exemptions", "PodSecurity exemptions", (*state).checkPSAExemptions},
 	{"basalt.allowed-registries", "allowed-registries admission policy admits only allowed images", (*state).checkAllowedRegistries},
 	{"basalt.dropins", "no drop-in undoes a hardening key of the reference config", (*state).checkDropins},
+	{"basalt.opt-outs", "k3s.optOut names only WARN controls", (*state).checkOptOuts},
 }
 
 // Check lints img. It never fails: what cannot be read is reported in the results.

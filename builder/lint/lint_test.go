@@ -493,6 +493,27 @@ func TestOptOut(t *testing.T) {
 	}
 }
 
+// TestOptOutOnlyWarn: opting out of a PASS control, or of an id SA21 does not have, fails
+// basalt.opt-outs (and nothing else), naming the control.
+func TestOptOutOnlyWarn(t *testing.T) {
+	for _, c := range []struct{ id, want string }{
+		{"1.2.16", "1.2.16 is a pass control"},
+		{"1.1.1", "1.1.1 is a n/a control"},
+		{"5.9.9", "5.9.9 is not a control"},
+	} {
+		k := k3sSection(func(k *images.K3s) {
+			k.OptOut = []images.OptOut{{Control: "1.2.9", Reason: "single-tenant"}, {Control: c.id, Reason: "we would rather not"}}
+		})
+		rep := Check(&Image{FS: goodFS(t, k), Cmdline: "panic=10", StateSize: stateSize})
+		if f := failed(rep); len(f) != 1 || f[0] != "basalt.opt-outs" {
+			t.Errorf("opt out of %s: failed %v, want [basalt.opt-outs]", c.id, f)
+		}
+		if r, _ := rep.Get("basalt.opt-outs"); !strings.Contains(r.Detail, c.want) {
+			t.Errorf("opt out of %s: detail %q, want %q", c.id, r.Detail, c.want)
+		}
+	}
+}
+
 func TestPSAExemptions(t *testing.T) {
 	k := k3sSection(func(k *images.K3s) { k.PSAExemptNamespaces = []string{"system-upgrade", "basalt-system"} })
 	rep := Check(&Image{FS: goodFS(t, k), Cmdline: "", StateSize: stateSize})

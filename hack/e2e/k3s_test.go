@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -147,6 +148,28 @@ func (l *lab) writeDeviceSettings(t *testing.T) {
 	l.run(t, "mcopy", "-o", "-i", img, src, "::/basalt/k3s-device.yaml")
 }
 
+// lintFailures runs basalt lint on a built version's disk image and returns the ids that failed.
+func (l *lab) lintFailures(t *testing.T, version string) []string {
+	t.Helper()
+	cmd := exec.Command(l.basalt, "lint", "--json", filepath.Join(l.outs[version], "disk.raw"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var report struct {
+		Results []struct{ ID, Status string } `json:"results"`
+	}
+	if jerr := json.Unmarshal(out, &report); jerr != nil || len(report.Results) == 0 {
+		t.Fatalf("basalt lint %s: %v, %v\n%s", version, err, jerr, stderr.String())
+	}
+	var failed []string
+	for _, r := range report.Results {
+		if r.Status == "fail" {
+			failed = append(failed, r.ID)
+		}
+	}
+	return failed
+}
+
 // espDir lists a folder of the ESP image spec img with mtools (base names; a missing folder is empty).
 func espDir(t *testing.T, img, dir string) []string {
 	t.Helper()
@@ -170,6 +193,17 @@ const kubeletError = `"Failed to start ContainerManager" err="invalid kernel fla
 // to start, "k3s: apiserver" fails, and the updater rolls back to 10.0.0 by itself, where K3s serves
 // again.
 func scenarioK3s(t *testing.T, l *lab) {
+	// basalt lint reads both disks (Debian's kernel config, the busybox rootfs): 10.0.0 fails only the
+	// audit budget (this lab's disk is 768 MiB; CIS's audit minimums need about 1.4 GB of state), 11.0.0
+	// also its kernel.panic.
+	for v, want := range map[string][]string{
+		"10.0.0": {"basalt.audit-budget"},
+		"11.0.0": {"basalt.sysctl", "basalt.panic", "basalt.audit-budget"},
+	} {
+		if got := l.lintFailures(t, v); !slices.Equal(got, want) {
+			t.Errorf("basalt lint of %s's disk: failed %v, want %v", v, got, want)
+		}
+	}
 	l.writeDeviceSettings(t)
 	l.publish(t, "10.0.0")
 	serving := []string{"k3s-standin: serving (version " + k3sVersion + ", role server, node " + k3sHostname}

@@ -119,7 +119,7 @@ func Render(k *images.K3s, in Inputs) ([]File, error) {
 	add(ServerUnitPath, renderK3sUnit("server"))
 	add(AgentUnitPath, renderK3sUnit("agent"))
 	add(PrepareUnitPath, []byte(prepareUnit))
-	add(path.Join(ManifestsDir, NetworkPoliciesManifest), []byte(networkPolicies))
+	add(path.Join(ManifestsDir, NetworkPoliciesManifest), []byte(networkPolicies()))
 	add(path.Join(ManifestsDir, ServiceAccountsManifest), []byte(defaultServiceAccounts))
 	add(path.Join(ManifestsDir, AllowedRegistriesManifest), renderAllowedRegistries(c.AllowedRegistries))
 	extra, err := extraManifests(in.Manifests)

@@ -80,16 +80,41 @@ func failedChecks(body []byte) string {
 	return strings.Join(failed, ", ")
 }
 
+// conditions are a Node's or a Pod's status.conditions (the fields read here).
+type conditions []struct {
+	Type    string `json:"type"`
+	Status  string `json:"status"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+// notReady returns "" when the Ready condition is True, else what it says ("Ready=False
+// KubeletNotReady: ..." or "no Ready condition").
+func (cs conditions) notReady() string {
+	ready := "no Ready condition"
+	for _, c := range cs {
+		if c.Type != "Ready" {
+			continue
+		}
+		ready = ""
+		if c.Status != "True" {
+			ready = "Ready=" + c.Status
+			if c.Reason != "" {
+				ready += " " + c.Reason
+			}
+			if c.Message != "" {
+				ready += ": " + c.Message
+			}
+		}
+	}
+	return ready
+}
+
 // nodeObject is the part of a core/v1 Node read here.
 type nodeObject struct {
 	Status struct {
-		Conditions []struct {
-			Type    string `json:"type"`
-			Status  string `json:"status"`
-			Reason  string `json:"reason"`
-			Message string `json:"message"`
-		} `json:"conditions"`
-		NodeInfo struct {
+		Conditions conditions `json:"conditions"`
+		NodeInfo   struct {
 			BootID         string `json:"bootID"`
 			KubeletVersion string `json:"kubeletVersion"`
 		} `json:"nodeInfo"`
@@ -128,21 +153,7 @@ func (r *Runner) node(ctx context.Context, c config.Check) error {
 		return fmt.Errorf("node %s: decode: %w", name, err)
 	}
 	var problems []string
-	ready := "no Ready condition"
-	for _, cond := range n.Status.Conditions {
-		if cond.Type == "Ready" {
-			ready = ""
-			if cond.Status != "True" {
-				ready = fmt.Sprintf("Ready=%s", cond.Status)
-				if cond.Reason != "" {
-					ready += " " + cond.Reason
-				}
-				if cond.Message != "" {
-					ready += ": " + cond.Message
-				}
-			}
-		}
-	}
+	ready := n.Status.Conditions.notReady()
 	if ready != "" {
 		problems = append(problems, "not ready ("+ready+")")
 	}

@@ -200,13 +200,8 @@ type podList struct {
 			DeletionTimestamp *string `json:"deletionTimestamp"`
 		} `json:"metadata"`
 		Status struct {
-			Phase      string `json:"phase"`
-			Conditions []struct {
-				Type    string `json:"type"`
-				Status  string `json:"status"`
-				Reason  string `json:"reason"`
-				Message string `json:"message"`
-			} `json:"conditions"`
+			Phase             string     `json:"phase"`
+			Conditions        conditions `json:"conditions"`
 			ContainerStatuses []struct {
 				Name  string `json:"name"`
 				State struct {
@@ -239,22 +234,7 @@ func (l *podList) problems(boot time.Time) (int, []string) {
 		}
 		n++
 		var bad []string
-		ready := "no Ready condition"
-		for _, c := range p.Status.Conditions {
-			if c.Type != "Ready" {
-				continue
-			}
-			ready = ""
-			if c.Status != "True" {
-				ready = "Ready=" + c.Status
-				if c.Reason != "" {
-					ready += " " + c.Reason
-				}
-				if c.Message != "" {
-					ready += ": " + c.Message
-				}
-			}
-		}
+		ready := p.Status.Conditions.notReady()
 		if ready != "" {
 			bad = append(bad, "not ready ("+ready+")")
 		}

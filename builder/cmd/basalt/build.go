@@ -49,7 +49,7 @@ The output folder is replaced only when the whole build succeeded.
 Set SOURCE_DATE_EPOCH for bit-identical output from identical inputs.`,
 		Example: `  basalt build images/demo.yaml --out out/demo
   SOURCE_DATE_EPOCH=1700000000 basalt build img.yaml --version 1.2.0 --out out/1.2.0
-  basalt build k3s-node.yaml --offline --cache /srv/basalt-cache --out out/node`,
+  basalt build node.yaml --strict --offline --cache /srv/basalt-cache --out out/node`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadConfig(args[0], ver)

@@ -33,7 +33,7 @@ over it) or a disk image written by 'basalt build' (read without mounting: root 
 Each CIS control is pass, fail, warn (a WARN control opted out in k3s.optOut, with its reason, or
 1.2.11 AlwaysPullImages, left out in an air gap), n/a, runtime-only (permissions of files K3s creates
 on the state partition) or out-of-scope (cluster policy). The exit code is 1 when anything fails.`,
-		Example: `  basalt lint images/k3s-node.yaml
+		Example: `  basalt lint node.yaml
   basalt lint out/node/disk.raw --json
   basalt lint out/node/disk.raw --slot b`,
 		Args: cobra.ExactArgs(1),
