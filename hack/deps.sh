@@ -16,6 +16,10 @@ packages=(
   # depmod judges the builder's module dependencies
   mount util-linux gcc linux-libc-dev python3 kmod
 )
+# kubectl parses the rendered system-upgrade-controller Plan (builder/gitops: apply --dry-run=client).
+# Debian's kubernetes-client provides it; a kubectl already installed otherwise (e.g. Google Cloud SDK's
+# kubectl package, which owns /usr/bin/kubectl too and would make dpkg refuse the install) serves as well.
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -63,7 +63,7 @@ It needs no root, no loop devices and no host tools: every format is written in 
 	root.PersistentFlags().BoolVarP(&g.quiet, "quiet", "q", false, "no progress bars (they are also off when stderr is not a terminal or CI is set)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newBuildCmd(g), newInspectCmd(), newKeysCmd(), newRecoveryCmd(), newRepoCmd(), newPublishCmd(), newLintCmd())
+	root.AddCommand(newBuildCmd(g), newInspectCmd(), newKeysCmd(), newRecoveryCmd(), newRepoCmd(), newPublishCmd(), newLintCmd(), newGitopsCmd())
 	return root
 }
 
