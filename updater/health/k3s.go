@@ -18,7 +18,7 @@ import (
 
 	"github.com/basalt-os/basalt/images/k3s"
 	"github.com/basalt-os/basalt/updater/config"
-	"github.com/basalt-os/basalt/updater/health/kubeconfig"
+	"github.com/basalt-os/basalt/internal/kubeconfig"
 )
 
 // Defaults of the k3s and workload checks.

@@ -45,7 +45,7 @@ import (
 
 	"github.com/basalt-os/basalt/images/k3s"
 	"github.com/basalt-os/basalt/updater/config"
-	"github.com/basalt-os/basalt/updater/health/kubeconfig"
+	"github.com/basalt-os/basalt/internal/kubeconfig"
 )
 
 const (

@@ -2,7 +2,7 @@ package rollout
 
 // A deterministic simulated cluster that runs Decide on every node in seeded random interleavings.
 //
-// A live cluster cannot run here (no kubelet, no K3s, no reboots), and the fake API server of updater/kube
+// A live cluster cannot run here (no kubelet, no K3s, no reboots), and the fake API server of internal/fakekube
 // is another slice. This world keeps the semantics Decide relies on: the Lease is written with a
 // compare-and-swap on resourceVersion (a stale write is a conflict and the decision is dropped); a node
 // agent observes, decides, and acts later (so it may act on a stale observation); an agent can be killed

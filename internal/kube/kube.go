@@ -4,7 +4,7 @@
 // names are those of k8s.io/api, and it is not client-go, to keep the device binary small: client-go
 // and k8s.io/api stay in tests, which prove the shapes by decoding strictly into the real types.
 //
-// A Client comes from a kubeconfig (FromKubeconfig, through updater/health/kubeconfig) or from the
+// A Client comes from a kubeconfig (FromKubeconfig, through internal/kubeconfig) or from the
 // pod's service account (InCluster), whose token file is read again whenever it changes, because
 // bound service account tokens rotate. Tokens never appear in errors or logs.
 //
@@ -26,7 +26,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/basalt-os/basalt/updater/health/kubeconfig"
+	"github.com/basalt-os/basalt/internal/kubeconfig"
 )
 
 const (
