@@ -63,7 +63,24 @@ type K3s struct {
 	// flags (kube-apiserver-arg and every other *-arg key: not supported yet), device-local keys and
 	// secrets, and the settings that would undo the hardening (data-dir, disable-network-policy, ...).
 	Settings map[string]any `yaml:"settings"`
+	// NodeAgent, when set, installs Basalt's node agent: a DaemonSet basalt-system/basalt-node-agent
+	// (the manifest basalt-node-agent.yaml, applied by K3s on the servers) that holds the cluster
+	// credentials for the host's basalt-updater daemon during cluster rollouts. Its pods mount the host's
+	// /run/basalt, so basalt-system is exempt from Pod Security (SetDefaults adds it to
+	// PSAExemptNamespaces; basalt lint lists it).
+	NodeAgent *K3sNodeAgent `yaml:"nodeAgent"`
 }
+
+// K3sNodeAgent is the k3s.nodeAgent section.
+type K3sNodeAgent struct {
+	// Image is the basalt-updater image the agent runs, pinned by digest only:
+	// REGISTRY/REPO@sha256:<64 hex> (a tag is refused). Its registry must be one of
+	// k3s.allowedRegistries, and the image should be in an air-gap tarball (K3s cannot pull offline).
+	Image string `yaml:"image"`
+}
+
+// NodeAgentNamespace is the namespace of the node agent and of the cluster reboot lock.
+const NodeAgentNamespace = "basalt-system"
 
 // Artifact is a file the builder takes into the image: a host path or a URL, and its sha256, which is
 // mandatory. Downloads are cached by sha256.
@@ -118,6 +135,10 @@ func (k *K3s) SetDefaults() {
 	if len(k.AllowedRegistries) == 0 {
 		k.AllowedRegistries = append([]string(nil), DefaultAllowedRegistries...)
 	}
+	if k.NodeAgent != nil && !slices.Contains(k.PSAExemptNamespaces, NodeAgentNamespace) {
+		// A new slice: k may be a copy sharing its backing array with the caller's config.
+		k.PSAExemptNamespaces = append(slices.Clip(k.PSAExemptNamespaces), NodeAgentNamespace)
+	}
 }
 
 var (
@@ -127,6 +148,9 @@ var (
 	namespaceRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	controlRE    = regexp.MustCompile(`^[1-5](\.[0-9]{1,2}){1,2}$`)
 	settingRE    = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*$`)
+	// digestImageRE is an image reference by digest only (distribution's reference grammar, lowercase):
+	// an optional registry host[:port], path components, then @sha256:<64 hex>; no tag.
+	digestImageRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?/)?[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*@sha256:[0-9a-f]{64}$`)
 )
 
 // Validate checks the section (call SetDefaults first); every problem is reported, each naming its key.
@@ -179,6 +203,10 @@ func (k *K3s) Validate() error {
 		seen[o.Control] = true
 	}
 	errs = append(errs, validateSettings(k.Settings)...)
+	if a := k.NodeAgent; a != nil && !digestImageRE.MatchString(a.Image) {
+		// Whether its registry is allowed is checked where the allowed-registries rule lives (images/k3s).
+		bad("k3s.nodeAgent.image %q: want an image pinned by digest, REGISTRY/REPO@sha256:<64 hex> (no tag)", a.Image)
+	}
 	return errors.Join(errs...)
 }
 

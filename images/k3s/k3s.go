@@ -122,6 +122,9 @@ func Render(k *images.K3s, in Inputs) ([]File, error) {
 	add(path.Join(ManifestsDir, NetworkPoliciesManifest), []byte(networkPolicies()))
 	add(path.Join(ManifestsDir, ServiceAccountsManifest), []byte(defaultServiceAccounts))
 	add(path.Join(ManifestsDir, AllowedRegistriesManifest), renderAllowedRegistries(c.AllowedRegistries))
+	if err := addNodeAgent(&c, add); err != nil {
+		return nil, err
+	}
 	extra, err := extraManifests(in.Manifests)
 	if err != nil {
 		return nil, err

@@ -549,16 +549,61 @@ var ErrPending = errors.New("an update is pending")
 // Install installs the newest eligible release (or pin) into the inactive slot and switches to it,
 // resuming an install that was cut; then reboots unless noReboot (or in image mode).
 func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result, error) {
+	return a.install(ctx, pin, installMode{noReboot: noReboot, force: pin != ""})
+}
+
+// ErrNotStaged is returned by SwitchStaged when the inactive slot does not hold the version verified.
+var ErrNotStaged = errors.New("the version is not staged")
+
+// Stage downloads, writes and verifies exactly version into the inactive slot (resuming a stage that
+// was cut) and stops before the switch: nothing the device boots changes. Unlike Install with a pin it
+// refuses a version that failed on this device before (state.ErrBadVersion), besides a downgrade and a
+// version TUF does not serve.
+func (a *Agent) Stage(ctx context.Context, version string) (*Result, error) {
+	if version == "" {
+		return nil, fmt.Errorf("%w: stage needs a version", install.ErrRefused)
+	}
+	return a.install(ctx, version, installMode{noReboot: true, stageOnly: true})
+}
+
+// SwitchStaged switches to version, which Stage left verified in the inactive slot (its counted boot
+// entry), without a reboot; TUF must still serve it. A version already switched is not switched
+// again. ErrNotStaged when the slot does not hold version verified.
+func (a *Agent) SwitchStaged(ctx context.Context, version string) (*Result, error) {
+	if version == "" {
+		return nil, fmt.Errorf("%w: switch needs a version", install.ErrRefused)
+	}
+	return a.install(ctx, version, installMode{noReboot: true, switchOnly: true})
+}
+
+// installMode says how far install goes: all the way (Install), up to the verified slot (Stage), or
+// only the switch of a verified slot (SwitchStaged). force lets a pin name a version that failed here.
+type installMode struct {
+	noReboot, force, stageOnly, switchOnly bool
+}
+
+func (a *Agent) install(ctx context.Context, pin string, mode installMode) (*Result, error) {
 	s, err := a.open(ctx, false)
 	if err != nil {
 		return nil, err
 	}
 	defer s.close()
+	if mode.switchOnly {
+		switch {
+		case s.st.Phase == state.Switched && s.st.Target == pin:
+			return &Result{Version: pin, Slot: s.st.TargetSlot, Entry: sdboot.NewEntry(a.Config.Name, pin, sdboot.DefaultTries).FileName()}, nil
+		case s.st.Phase != state.Verified || s.st.Target != pin:
+			return nil, fmt.Errorf("%w: %s (state %s, target %q)", ErrNotStaged, pin, s.st.Phase, s.st.Target)
+		}
+	}
 	if s.st.Phase == state.Switched || s.st.Phase == state.Trying {
 		return nil, fmt.Errorf("%w: %s is %s; reboot, mark it good or roll back first", ErrPending, s.st.Target, s.st.Phase)
 	}
 	if err := a.canInstall(s); err != nil {
 		return nil, err
+	}
+	if pin != "" && !mode.force && s.st.IsBad(pin) {
+		return nil, fmt.Errorf("%w: %s", state.ErrBadVersion, pin)
 	}
 	c, err := a.client()
 	if err != nil {
@@ -582,7 +627,7 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 		return nil, err
 	}
 	slot := install.OtherSlot(s.booted.Slot)
-	if err := a.apply(s, state.Event{Kind: state.Start, Version: m.Version, Slot: slot, Force: pin != ""}); err != nil {
+	if err := a.apply(s, state.Event{Kind: state.Start, Version: m.Version, Slot: slot, Force: mode.force}); err != nil {
 		return nil, err
 	}
 	ix := &m.Root.Payload.Index
@@ -663,6 +708,10 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 		}
 		logProgress("verify", blocks, blocks)
 	}
+	if mode.stageOnly {
+		a.log().Info("update staged", "version", m.Version, "slot", slot)
+		return res, nil
+	}
 	res.Entry = sdboot.NewEntry(m.Name, m.Version, sdboot.DefaultTries).FileName()
 	if s.st.Phase == state.Verified {
 		if err := in.SetPartUUID(); err != nil {
@@ -678,7 +727,7 @@ func (a *Agent) Install(ctx context.Context, pin string, noReboot bool) (*Result
 		logProgress("switch", 1, 1)
 	}
 	a.log().Info("update installed", "version", m.Version, "slot", slot, "entry", res.Entry)
-	if !noReboot && a.mayReboot() {
+	if !mode.noReboot && a.mayReboot() {
 		res.Rebooting = true
 		return res, a.reboot()
 	}
@@ -908,7 +957,7 @@ func ErrorClass(err error) string {
 			return ClassAttack
 		}
 	}
-	for _, e := range []error{ErrPending, ErrNotBlessed, ErrNothingPending, tufclient.ErrDowngrade, tufclient.ErrIncompatible,
+	for _, e := range []error{ErrPending, ErrNotBlessed, ErrNothingPending, ErrNotStaged, tufclient.ErrDowngrade, tufclient.ErrIncompatible,
 		tufclient.ErrNotFound, state.ErrBadVersion, state.ErrDowngrade, state.ErrTransition, install.ErrRefused, health.ErrMisconfigured} {
 		if errors.Is(err, e) {
 			return ClassUser

@@ -17,10 +17,12 @@ import (
 	"github.com/basalt-os/basalt/updater/agent"
 	"github.com/basalt-os/basalt/updater/config"
 	"github.com/basalt-os/basalt/updater/daemon"
+	"github.com/basalt-os/basalt/updater/hostapi"
 	"github.com/basalt-os/basalt/updater/install"
 	"github.com/basalt-os/basalt/updater/metrics"
 	"github.com/basalt-os/basalt/updater/reboot"
 	"github.com/basalt-os/basalt/updater/state"
+	"github.com/basalt-os/basalt/updater/sucjob"
 	"github.com/basalt-os/basalt/updater/tufclient"
 )
 
@@ -35,7 +37,11 @@ const (
 	ExitRefused    = 8
 	ExitLocalCache = 9
 	ExitBusy       = 10
+	ExitBad        = 11 // = sucjob.ExitBad
 )
+
+// ErrVersionBad is wrapped when the version a SUC job asked for is bad on this node (exit 11).
+var ErrVersionBad = errors.New("the version is bad on this node")
 
 // exitCodes maps error classes to exit codes; the first class the error wraps wins.
 var exitCodes = []struct {
@@ -60,6 +66,7 @@ var exitCodes = []struct {
 	{install.ErrBadRelease, ExitRefused, ""},
 	{install.ErrRefused, ExitRefused, ""},
 	{agent.ErrBusy, ExitBusy, "another basalt-updater is running (the daemon, or another command): try again, or pass --wait"},
+	{ErrVersionBad, ExitBad, "install --socket in a system-upgrade-controller job: the version is bad on this node (it failed and was rolled back); never retried"},
 }
 
 // ExitCode returns the exit code for err's class.
@@ -75,7 +82,7 @@ func ExitCode(err error) int {
 // exitHelp documents the exit codes for --help.
 func exitHelp() string {
 	s := "Exit codes:\n  0  success\n  1  other errors (flags, configuration, device I/O)\n"
-	for code := ExitNoUpdate; code <= ExitBusy; code++ {
+	for code := ExitNoUpdate; code <= ExitBad; code++ {
 		for _, c := range exitCodes {
 			if c.code == code && c.doc != "" {
 				s += fmt.Sprintf("  %d  %s\n", c.code, c.doc)
@@ -92,10 +99,20 @@ type globals struct {
 	logLevel string
 	wait     time.Duration
 	hooks    func(*agent.Agent) error
+	// environ and hostRoot tell a system-upgrade-controller job (nil, "": os.Environ, sucjob.HostRoot);
+	// sucPoll is its poll interval (0: sucjob's default).
+	environ  func() []string
+	hostRoot string
+	sucPoll  time.Duration
 }
 
+// NewRoot returns basalt-updater's root command, writing to stdout and stderr; hooks, if set, adjust
+// every agent a command builds (test builds).
 func NewRoot(stdout, stderr io.Writer, hooks func(*agent.Agent) error) *cobra.Command {
-	g := &globals{hooks: hooks}
+	return newRoot(stdout, stderr, &globals{hooks: hooks})
+}
+
+func newRoot(stdout, stderr io.Writer, g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "basalt-updater",
 		Short:         "Install Basalt updates from a TUF repository into the inactive slot, with rollback",
@@ -183,19 +200,37 @@ func NewRoot(stdout, stderr io.Writer, hooks func(*agent.Agent) error) *cobra.Co
 	}
 	check.Flags().StringVar(&checkVersion, "version", "", "check for exactly this version")
 
-	var installVersion string
-	var noReboot bool
+	var installVersion, installSocket string
+	var noReboot, force bool
 	inst := &cobra.Command{
 		Use:   "install",
 		Short: "Install the newest update (or --version) into the inactive slot and switch to it",
-		Args:  cobra.NoArgs,
+		Long: "Install the newest update (or exactly --version) into the inactive slot and switch to it.\n\n" +
+			"With --socket, ask the host's basalt-updater daemon over its socket to install --version instead\n" +
+			"(how a container reaches the host). Inside a system-upgrade-controller job (SYSTEM_UPGRADE_*\n" +
+			"variables and the host's / at /host) it then waits for the outcome: exit 0 once this boot runs the\n" +
+			"version blessed, 11 when the version is bad on this node, 8 when it is refused, 1 to try again.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if installSocket != "" {
+				return g.installBySocket(cmd.Context(), stdout, stderr, installSocket, installVersion, noReboot || force)
+			}
 			bar := newProgress(stderr)
 			a, err := g.agent(bar)
 			if err != nil {
 				return err
 			}
 			a.Progress = bar.Set
+			if installVersion != "" && !force {
+				// A version that failed here is installed again only when asked for by --force.
+				st, err := a.Status(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if st.State.IsBad(installVersion) {
+					return fmt.Errorf("%w: %s; pass --force to install it anyway", state.ErrBadVersion, installVersion)
+				}
+			}
 			res, err := a.Install(cmd.Context(), installVersion, noReboot)
 			bar.Finish()
 			if err != nil {
@@ -214,6 +249,8 @@ func NewRoot(stdout, stderr io.Writer, hooks func(*agent.Agent) error) *cobra.Co
 	}
 	inst.Flags().StringVar(&installVersion, "version", "", "install exactly this version (it must still be newer)")
 	inst.Flags().BoolVar(&noReboot, "no-reboot", false, "do not reboot after the switch")
+	inst.Flags().BoolVar(&force, "force", false, "with --version: install it even if it failed on this device before")
+	inst.Flags().StringVar(&installSocket, "socket", "", "ask the host daemon on this socket to install --version (e.g. "+sucjob.Socket+" in a SUC job)")
 
 	markGood := &cobra.Command{
 		Use:   "mark-good",
@@ -296,6 +333,18 @@ func NewRoot(stdout, stderr io.Writer, hooks func(*agent.Agent) error) *cobra.Co
 				a.Log.Info("serving metrics", "addr", addr.String())
 				a.Written = d.Metrics.AddInstallBytes
 			}
+			if a.Config.Cluster != nil {
+				d.Cluster, d.CheckHealth = clusterServer(a), checkHealth(a)
+				if !once {
+					ln, err := hostapi.Listen(a.Config.Cluster.Socket)
+					if err != nil {
+						return err
+					}
+					defer ln.Close()
+					d.Socket = ln
+					a.Log.Info("serving the cluster socket", "path", a.Config.Cluster.Socket)
+				}
+			}
 			if once {
 				return d.Once(ctx)
 			}
@@ -308,6 +357,7 @@ func NewRoot(stdout, stderr io.Writer, hooks func(*agent.Agent) error) *cobra.Co
 	df.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this local address, e.g. 127.0.0.1:9101 (empty: off)")
 
 	root.AddCommand(status, check, inst, markGood, rollback, healthCmd, daemonCmd, newK3sPrepare(g, stderr))
+	root.AddCommand(newNodeAgent(g, stderr))
 	return root
 }
 

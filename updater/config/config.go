@@ -49,6 +49,22 @@ type Config struct {
 	// Reboot is what happens after a switch or a rollback: "auto" (default) reboots, "never" leaves it to
 	// the operator.
 	Reboot string `yaml:"reboot"`
+	// Cluster, when set, makes the daemon serve its Unix socket to a Kubernetes node agent or a
+	// system-upgrade-controller job (cluster rollouts) and, with DesiredFile, install only the version
+	// that file names. Unset: none of that, the daemon installs the newest eligible release.
+	Cluster *Cluster `yaml:"cluster"`
+}
+
+// DefaultSocket is the daemon's Unix socket for cluster rollouts.
+const DefaultSocket = "/run/basalt/updater.sock"
+
+// Cluster is the cluster rollout section.
+type Cluster struct {
+	// DesiredFile names a YAML file with `version: X` (and optionally `channel`): the daemon installs
+	// exactly that version and nothing else (a device outside Kubernetes; Git writes the file).
+	DesiredFile string `yaml:"desiredFile"`
+	// Socket is the daemon's Unix socket (default DefaultSocket), mode 0600.
+	Socket string `yaml:"socket"`
 }
 
 // Repository names the TUF repository.
@@ -207,6 +223,9 @@ func (c *Config) SetDefaults() {
 	if c.Reboot == "" {
 		c.Reboot = "auto"
 	}
+	if c.Cluster != nil && c.Cluster.Socket == "" {
+		c.Cluster.Socket = DefaultSocket
+	}
 }
 
 var (
@@ -257,6 +276,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Reboot != "auto" && c.Reboot != "never" {
 		bad("reboot %q: want auto or never", c.Reboot)
+	}
+	if cl := c.Cluster; cl != nil {
+		if cl.DesiredFile != "" && !filepath.IsAbs(cl.DesiredFile) {
+			bad("cluster.desiredFile %q: want an absolute path", cl.DesiredFile)
+		}
+		if !filepath.IsAbs(cl.Socket) {
+			bad("cluster.socket %q: want an absolute path", cl.Socket)
+		}
 	}
 	for i, ch := range c.Health.Checks {
 		errs = append(errs, ch.validate(fmt.Sprintf("health.checks[%d]", i), time.Duration(c.Health.Deadline))...)

@@ -237,3 +237,22 @@ func TestK3sChecks(t *testing.T) {
 		t.Errorf("negative timeout: %v", err)
 	}
 }
+
+func TestCluster(t *testing.T) {
+	base := "repository: {url: https://updates.example}\nname: basalt\n"
+	c, err := Parse([]byte(base))
+	if err != nil || c.Cluster != nil {
+		t.Fatalf("no cluster section: %+v, %v", c.Cluster, err)
+	}
+	c, err = Parse([]byte(base + "cluster: {desiredFile: /etc/basalt/desired.yaml}\n"))
+	if err != nil || c.Cluster == nil || c.Cluster.Socket != DefaultSocket || c.Cluster.DesiredFile != "/etc/basalt/desired.yaml" {
+		t.Fatalf("cluster section: %+v, %v", c.Cluster, err)
+	}
+	if _, err := Parse([]byte(base + "cluster: {desiredFile: desired.yaml, socket: run/x.sock}\n")); err == nil ||
+		!strings.Contains(err.Error(), "cluster.desiredFile") || !strings.Contains(err.Error(), "cluster.socket") {
+		t.Errorf("relative paths: %v", err)
+	}
+	if _, err := Parse([]byte(base + "cluster: {desired: x}\n")); err == nil {
+		t.Error("unknown cluster key accepted")
+	}
+}

@@ -7,6 +7,13 @@
 // window: until it opens, plus jitter), or a growing backoff after an error, and go on. Errors
 // are logged with their class (attack, fault, user) and never end the loop; a cancelled context (SIGTERM)
 // stops it cleanly, leaving an install checkpointed and resumable.
+//
+// With the configuration's cluster section (cluster rollouts) the daemon also serves its Unix socket
+// (updater/hostapi) to a Kubernetes node agent or a system-upgrade-controller job, and its own loop
+// changes: once a node agent drives the host, the loop never installs, switches or reboots on its own
+// (that happens under the cluster reboot lock, on the node agent's requests): it gives the post-boot
+// verdict and reports this boot's health. With cluster.desiredFile and no node agent, it installs
+// exactly the version that file names, once, within the maintenance window, and nothing else.
 package daemon
 
 import (
@@ -16,6 +23,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -25,6 +33,7 @@ import (
 	"github.com/basalt-os/basalt/internal/wait"
 	"github.com/basalt-os/basalt/updater/agent"
 	"github.com/basalt-os/basalt/updater/config"
+	"github.com/basalt-os/basalt/updater/hostapi"
 	"github.com/basalt-os/basalt/updater/metrics"
 	"github.com/basalt-os/basalt/updater/state"
 	"github.com/basalt-os/basalt/updater/tufclient"
@@ -61,6 +70,8 @@ const (
 	Pending Outcome = "pending"
 	// Failed: the cycle failed with an error.
 	Failed Outcome = "failed"
+	// Cluster: a node agent drives this host; the cycle only reported this boot's health.
+	Cluster Outcome = "cluster"
 )
 
 // Daemon runs the update loop for one Agent.
@@ -85,6 +96,15 @@ type Daemon struct {
 	BootReport string
 	// OpenWatchdog opens a watchdog device (nil: watchdog.Open).
 	OpenWatchdog func(path string) (Feeder, error)
+
+	// Cluster is the socket's server (the configuration's cluster section; nil: no cluster rollouts).
+	// Run serves it on Socket when that is set.
+	Cluster *hostapi.Server
+	Socket  net.Listener
+	// CheckHealth runs the health checks without a verdict (nil: not run): in cluster mode it tells
+	// whether the booted version is healthy in this boot when it was not on trial (after a rollback,
+	// the node agent releases the reboot lock only once the old version is healthy again).
+	CheckHealth func(ctx context.Context) error
 }
 
 // Feeder is an open hardware watchdog.
@@ -217,7 +237,7 @@ func feed(ctx context.Context, f Feeder, every time.Duration, log *slog.Logger) 
 // Start is the post-boot run: the health verdict on a version on trial. It reports whether a reboot
 // was asked for (a rollback).
 func (d *Daemon) Start(ctx context.Context) (rebooting bool, err error) {
-	res, err := d.Agent.RunHealth(ctx, false)
+	res, err := d.verdict(ctx)
 	d.observe(ctx)
 	if err != nil {
 		return res.Rebooting, fmt.Errorf("post-boot health run: %w", err)
@@ -256,7 +276,7 @@ func (d *Daemon) Cycle(ctx context.Context) (Outcome, error) {
 	switch st.State.Phase {
 	case state.Trying:
 		// The post-boot verdict did not come (it failed or was stopped): try again.
-		res, err := d.Agent.RunHealth(ctx, false)
+		res, err := d.verdict(ctx)
 		if err != nil {
 			return Failed, fmt.Errorf("post-boot health run: %w", err)
 		}
@@ -268,18 +288,33 @@ func (d *Daemon) Cycle(ctx context.Context) (Outcome, error) {
 		}
 	case state.Switched:
 		d.log().Info("update pending reboot", "version", st.State.Target, "running", st.Running)
+		if d.nodeAgent() {
+			return Cluster, nil // the node agent reboots, under the cluster reboot lock
+		}
 		if d.Config.Reboot != "auto" {
 			return Pending, nil
 		}
 		// The reboot after the switch failed, or was deferred to the maintenance window: ask again.
 		return d.reboot(ctx, st.State.Target, Pending)
 	}
+	if d.Cluster != nil {
+		if err := d.clusterHealth(ctx, st); err != nil {
+			return Failed, err
+		}
+		if d.nodeAgent() {
+			return Cluster, nil
+		}
+	}
 	if !d.Config.InWindow(d.now()) {
 		d.log().Info("outside maintenance window", "window", d.Config.MaintenanceWindow, "running", st.Running)
 		return OutsideWindow, nil
 	}
+	pin, skip, err := d.desired(st)
+	if err != nil || skip {
+		return NoUpdate, err
+	}
 	// The daemon reboots itself, after checking the window again: an install may end after it closed.
-	res, err := d.Agent.Install(ctx, "", true)
+	res, err := d.Agent.Install(ctx, pin, true)
 	switch {
 	case errors.Is(err, tufclient.ErrNoUpdate):
 		d.Metrics.Checked(d.now())
@@ -352,6 +387,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		"window", d.Config.MaintenanceWindow, "reboot", d.Config.Reboot)
 	defer d.log().Info("daemon stopped")
 	d.bootReport(ctx)
+	if d.Cluster != nil && d.Socket != nil {
+		go func() {
+			if err := d.Cluster.Serve(ctx, d.Socket); err != nil {
+				d.log().Error("socket stopped", "err", err)
+			}
+		}()
+		defer d.Cluster.Wait()
+	}
 	rebooting, err := d.Start(ctx)
 	if ctx.Err() != nil {
 		return nil

@@ -38,6 +38,9 @@ type fakeAgent struct {
 	switchOnInstall bool
 	// measured is what Status says of measured boot.
 	measured *agent.MeasuredBoot
+	// pins lists Install's pins; bad is the state's list of failed versions.
+	pins []string
+	bad  []string
 }
 
 func (f *fakeAgent) RequestReboot(context.Context) (bool, error) {
@@ -56,7 +59,7 @@ func (f *fakeAgent) RequestReboot(context.Context) (bool, error) {
 }
 
 func (f *fakeAgent) Status(context.Context) (*agent.Status, error) {
-	return &agent.Status{Running: f.running, Slot: "root-a", State: state.State{Phase: f.phase, Target: "2.0.0"}, MeasuredBoot: f.measured}, nil
+	return &agent.Status{Running: f.running, Slot: "root-a", State: state.State{Phase: f.phase, Target: "2.0.0", Bad: f.bad}, MeasuredBoot: f.measured}, nil
 }
 
 func (f *fakeAgent) RunHealth(context.Context, bool) (agent.HealthResult, error) {
@@ -66,6 +69,7 @@ func (f *fakeAgent) RunHealth(context.Context, bool) (agent.HealthResult, error)
 
 func (f *fakeAgent) Install(ctx context.Context, pin string, noReboot bool) (*agent.Result, error) {
 	f.calls = append(f.calls, "install")
+	f.pins = append(f.pins, pin)
 	if !noReboot {
 		return nil, errors.New("the daemon must reboot itself, after checking the window")
 	}

@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/basalt-os/basalt/images/k3s"
-	"github.com/basalt-os/basalt/updater/config"
 	"github.com/basalt-os/basalt/internal/kubeconfig"
+	"github.com/basalt-os/basalt/updater/config"
 )
 
 // Defaults of the k3s and workload checks.

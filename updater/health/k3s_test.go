@@ -44,8 +44,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/basalt-os/basalt/images/k3s"
-	"github.com/basalt-os/basalt/updater/config"
 	"github.com/basalt-os/basalt/internal/kubeconfig"
+	"github.com/basalt-os/basalt/updater/config"
 )
 
 const (

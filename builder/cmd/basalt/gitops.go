@@ -20,6 +20,7 @@ func newGitopsCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	cmd.AddCommand(newGitopsPlanCmd())
+	cmd.AddCommand(newGitopsClusterCmds()...)
 	return cmd
 }
 
