@@ -43,6 +43,10 @@ var serverRoleLabels = []string{"node-role.kubernetes.io/control-plane", "node-r
 // ErrNotHolder: unlock was asked for a node that does not hold the reboot lock.
 var ErrNotHolder = errors.New("not the lock holder")
 
+// ErrHolderActive: unlock was refused because the holder's node may still be mid-attempt (Ready, or
+// NotReady for less than the stale threshold).
+var ErrHolderActive = errors.New("the lock holder may still be mid-attempt")
+
 // ClusterAPI is the part of the Kubernetes API the commands use; *kube.Client is one.
 type ClusterAPI interface {
 	ListNodes(ctx context.Context, o kube.ListOptions) ([]kube.Node, error)
@@ -183,7 +187,10 @@ func (st *Status) WriteTable(w io.Writer) error {
 				lock += " (" + clean(l.Message) + ")"
 			}
 		}
-		if l.Halt != nil {
+		switch {
+		case l.Halt != nil && l.Halt.Unreadable():
+			halt = clean(l.Halt.String()) // it says how it clears: resume only
+		case l.Halt != nil:
 			halt = clean(l.Halt.String()) + "; clear it with `basalt gitops resume` or by naming another version in Git"
 		}
 	}
@@ -271,11 +278,24 @@ type UnlockResult struct {
 	Warnings []string
 }
 
+// UnlockOptions are unlock's settings.
+type UnlockOptions struct {
+	// StaleAfter is how long the holder's node must have been NotReady (its Ready condition not
+	// True) before unlock releases its lock; 0 is rebootlock.DefaultStaleAfter, the node agents'
+	// own threshold for RebootLockStale.
+	StaleAfter time.Duration
+	// Force releases the lock whatever the holder's node shows.
+	Force bool
+}
+
 // Unlock releases the reboot lock held by node, for a holder that does not come back: only when
-// node holds it (else ErrNotHolder), by compare-and-swap on the resourceVersion it read (a lock that
-// changed in between is a kube.ErrConflict error, and nothing is written). The halt record stays.
-// It posts a Warning event on the Lease naming the operator, and warns that the node may still reboot.
-func Unlock(ctx context.Context, api ClusterAPI, node string, op Operator) (*UnlockResult, error) {
+// node holds it (else ErrNotHolder), and, unless opts.Force, only when node's Node object is gone or
+// has been NotReady for opts.StaleAfter (else ErrHolderActive, saying why: a Ready holder may be
+// mid-attempt, and another node could take the lock and reboot while it is down). The release is a
+// compare-and-swap on the resourceVersion it read (a lock that changed in between is a
+// kube.ErrConflict error, and nothing is written). The halt record stays. It posts a Warning event
+// on the Lease naming the operator, and warns that the node may still reboot.
+func Unlock(ctx context.Context, api ClusterAPI, node string, op Operator, opts UnlockOptions) (*UnlockResult, error) {
 	if node == "" {
 		return nil, errors.New("unlock: no node named")
 	}
@@ -293,6 +313,12 @@ func Unlock(ctx context.Context, api ClusterAPI, node string, op Operator) (*Unl
 	case rec.HolderNode != node && rec.Holder != node && rec.Holder != rebootlock.Identity(node):
 		return nil, fmt.Errorf("unlock %s: %w: node %s holds the reboot lock (phase %s); unlock releases only the lock of the node it names", node, ErrNotHolder, clean(rec.HolderNode), orDash(rec.Phase))
 	}
+	n, nodeErr := api.GetNode(ctx, node)
+	if !opts.Force {
+		if err := holderGone(n, nodeErr, rec, op.Now, opts.StaleAfter); err != nil {
+			return nil, fmt.Errorf("unlock %s: %w", node, err)
+		}
+	}
 	nl := *l
 	rebootlock.Release(&nl) // the halt record and a resume request stay as they are
 	stored, err := api.UpdateLease(ctx, &nl)
@@ -304,6 +330,9 @@ func Unlock(ctx context.Context, api ClusterAPI, node string, op Operator) (*Unl
 		return nil, fmt.Errorf("unlock %s: %w", node, err)
 	}
 	res := &UnlockResult{Released: rec}
+	if opts.Force {
+		res.Warnings = append(res.Warnings, "forced: released without checking that node "+node+" is down")
+	}
 	if derr != nil {
 		res.Warnings = append(res.Warnings, "the lock record had a malformed annotation: "+derr.Error())
 	}
@@ -323,8 +352,7 @@ func Unlock(ctx context.Context, api ClusterAPI, node string, op Operator) (*Unl
 	if rec.Phase == "rebooting" || rec.Phase == "verifying" || rec.Phase == "drained" || rec.Phase == "snapshotted" {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("node %s was in phase %s: its host may have switched to %s and boots it at its next start", node, rec.Phase, orDash(rec.Version)))
 	}
-	n, err := api.GetNode(ctx, node)
-	switch {
+	switch err := nodeErr; {
 	case errors.Is(err, kube.ErrNotFound):
 		res.Warnings = append(res.Warnings, fmt.Sprintf("node %s does not exist in the cluster (any more)", node))
 	case err != nil:
@@ -337,6 +365,43 @@ func Unlock(ctx context.Context, api ClusterAPI, node string, op Operator) (*Unl
 		res.Warnings = append(res.Warnings, fmt.Sprintf("node %s stays cordoned%s: once it is healthy, its agent uncordons its own cordon, or run `kubectl uncordon %s`", node, by, node))
 	}
 	return res, nil
+}
+
+// holderGone returns nil when the holder's node n (as GetNode answered: n, err) is gone or has been
+// NotReady for staleAfter at now; else an ErrHolderActive error that says what it shows and what
+// releasing now would risk.
+func holderGone(n *kube.Node, err error, rec rebootlock.Record, now time.Time, staleAfter time.Duration) error {
+	if staleAfter <= 0 {
+		staleAfter = rebootlock.DefaultStaleAfter
+	}
+	switch {
+	case errors.Is(err, kube.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("%w: could not read node %s to see whether it is down: %w; rerun with --force to release the lock anyway", ErrHolderActive, clean(rec.HolderNode), err)
+	}
+	attempt := "phase " + orDash(rec.Phase)
+	if rec.Version != "" {
+		attempt += " for " + clean(rec.Version)
+	}
+	risk := fmt.Sprintf("its agent may be mid-attempt (%s), and once the lock is free another node may take the lock and reboot while %s is down",
+		attempt, n.Name)
+	var shows string
+	c := n.Condition("Ready")
+	switch {
+	case c != nil && c.Status == "True":
+		shows = "is Ready"
+	case c == nil || c.LastTransitionTime.IsZero():
+		shows = "is not Ready, since a time it does not show"
+	default:
+		since := c.LastTransitionTime.Time
+		if now.Sub(since) >= staleAfter {
+			return nil
+		}
+		shows = fmt.Sprintf("has been NotReady since %s (%s)", since.UTC().Format(time.RFC3339), now.Sub(since).Round(time.Second))
+	}
+	return fmt.Errorf("%w: node %s %s: %s; unlock releases only the lock of a node NotReady for %s (when the agents report RebootLockStale) or gone; wait, or rerun with --force to release it now",
+		ErrHolderActive, n.Name, shows, risk, staleAfter)
 }
 
 // ResumeResult is what resume did.
@@ -375,10 +440,15 @@ func Resume(ctx context.Context, api ClusterAPI, op Operator) (*ResumeResult, er
 	h := rec.Halt
 	res := &ResumeResult{Cleared: h}
 	msg := fmt.Sprintf("basalt gitops resume by %s: cleared the halt of the rollout (%s); nodes may take the reboot lock for %s again", clean(op.Name), clean(h.String()), clean(h.Version))
+	if h.Unreadable() {
+		msg = fmt.Sprintf("basalt gitops resume by %s: cleared a halt record that cannot be read (%s); nodes may take the reboot lock again", clean(op.Name), clean(h.Reason))
+	}
 	if err := postEvent(ctx, api, stored, kube.EventNormal, "RolloutResumedByHand", msg, op); err != nil {
 		res.Warnings = append(res.Warnings, "the halt is cleared, but "+err.Error())
 	}
-	res.Warnings = append(res.Warnings, fmt.Sprintf("node %s keeps %s marked bad and never tries it again by itself; the other nodes will", clean(h.Node), clean(h.Version)))
+	if !h.Unreadable() {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("node %s keeps %s marked bad and never tries it again by itself; the other nodes will", clean(h.Node), clean(h.Version)))
+	}
 	return res, nil
 }
 

@@ -227,6 +227,15 @@ func TestStatus(t *testing.T) {
 		st.Lock.Halt == nil || st.Lock.Phase != "rebooting" {
 		t.Errorf("malformed lock: %+v %v", st, err)
 	}
+	// It halts every version until resume; naming another version in Git does not clear it.
+	out.Reset()
+	if err := st.WriteTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	if halt := out.String(); !strings.Contains(halt, "HALT:     the halt record cannot be read") || !strings.Contains(halt, "basalt gitops resume") ||
+		strings.Contains(halt, "another version") {
+		t.Errorf("unreadable halt in the table:\n%s", halt)
+	}
 
 	// A refused read is an error, not an empty table.
 	s.Inject(fakekube.Fault{Method: "GET", Path: "/nodes", Code: 403})
@@ -257,7 +266,8 @@ func TestStatusThroughKubeconfig(t *testing.T) {
 
 func TestUnlockHolder(t *testing.T) {
 	s, c := cluster(t)
-	res, err := Unlock(context.Background(), c, "s2", op)
+	notReady(t, s, "s2", op.Now.Add(-20*time.Minute))
+	res, err := Unlock(context.Background(), c, "s2", op, UnlockOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +304,7 @@ func TestUnlockHolder(t *testing.T) {
 		}
 	}
 	// Once released, a second unlock is refused: the lock is free.
-	if _, err := Unlock(context.Background(), c, "s2", op); !errors.Is(err, ErrNotHolder) || !strings.Contains(err.Error(), "free") {
+	if _, err := Unlock(context.Background(), c, "s2", op, UnlockOptions{}); !errors.Is(err, ErrNotHolder) || !strings.Contains(err.Error(), "free") {
 		t.Errorf("unlock of a free lock: %v", err)
 	}
 }
@@ -303,12 +313,12 @@ func TestUnlockRefused(t *testing.T) {
 	s, c := cluster(t)
 	rv := s.ResourceVersion()
 	for _, node := range []string{"s1", "a1", "nosuchnode"} {
-		_, err := Unlock(context.Background(), c, node, op)
+		_, err := Unlock(context.Background(), c, node, op, UnlockOptions{Force: true})
 		if !errors.Is(err, ErrNotHolder) || !strings.Contains(err.Error(), "node s2 holds the reboot lock (phase rebooting)") {
 			t.Errorf("unlock %s: %v, want ErrNotHolder naming s2", node, err)
 		}
 	}
-	if _, err := Unlock(context.Background(), c, "", op); err == nil {
+	if _, err := Unlock(context.Background(), c, "", op, UnlockOptions{}); err == nil {
 		t.Error("unlock of no node")
 	}
 	if s.ResourceVersion() != rv || len(events(t, s)) != 0 {
@@ -321,15 +331,84 @@ func TestUnlockRefused(t *testing.T) {
 	l := heldLease()
 	delete(l.Annotations, rebootlock.AnnotationHolderNode)
 	s.Put(fakekube.Leases, l)
-	if _, err := Unlock(context.Background(), c, "s1", op); !errors.Is(err, ErrNotHolder) || !strings.Contains(err.Error(), "node s2 holds") {
+	if _, err := Unlock(context.Background(), c, "s1", op, UnlockOptions{Force: true}); !errors.Is(err, ErrNotHolder) || !strings.Contains(err.Error(), "node s2 holds") {
 		t.Errorf("unlock s1 of a lock held by basalt-node-agent@s2: %v", err)
 	}
-	if _, err := Unlock(context.Background(), c, "s2", op); err != nil {
+	if _, err := Unlock(context.Background(), c, "s2", op, UnlockOptions{Force: true}); err != nil {
 		t.Errorf("unlock s2 of a lock held by basalt-node-agent@s2: %v", err)
 	}
 	s.Delete(fakekube.Leases, rebootlock.Namespace, rebootlock.LeaseName)
-	if _, err := Unlock(context.Background(), c, "s2", op); err == nil || !strings.Contains(err.Error(), "there is no reboot lock") {
+	if _, err := Unlock(context.Background(), c, "s2", op, UnlockOptions{Force: true}); err == nil || !strings.Contains(err.Error(), "there is no reboot lock") {
 		t.Errorf("unlock without a lease: %v", err)
+	}
+}
+
+// notReady makes node's Ready condition Unknown since since, as the node controller does when the
+// kubelet stops posting.
+func notReady(t *testing.T, s *fakekube.Server, name string, since time.Time) {
+	t.Helper()
+	var n corev1.Node
+	if !s.Get(fakekube.Nodes, "", name, &n) {
+		t.Fatalf("no node %s", name)
+	}
+	for i := range n.Status.Conditions {
+		if c := &n.Status.Conditions[i]; c.Type == corev1.NodeReady {
+			c.Status, c.Reason, c.LastTransitionTime = corev1.ConditionUnknown, "NodeStatusUnknown", metav1.NewTime(since)
+		}
+	}
+	s.Put(fakekube.Nodes, &n)
+}
+
+// Unlock refuses to release the lock of a holder that may still be mid-attempt: its node Ready, or
+// NotReady for less than the agents' stale threshold. Another node could take the lock and reboot
+// while the holder is still down. A node NotReady long enough, or gone, is released; --force
+// releases anyway.
+func TestUnlockHolderAlive(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		prepare func(*fakekube.Server)
+		opts    UnlockOptions
+		refused []string // "" : released
+	}{
+		{"Ready", func(*fakekube.Server) {}, UnlockOptions{}, []string{"node s2 is Ready", "phase rebooting for 1.4.0", "another node may take the lock and reboot while s2 is down",
+			"NotReady for 15m0s", "--force"}},
+		{"NotReady briefly", func(s *fakekube.Server) { notReady(t, s, "s2", op.Now.Add(-5*time.Minute)) }, UnlockOptions{},
+			[]string{"NotReady since 2026-08-01T03:55:00Z (5m0s)", "15m0s", "--force"}},
+		{"NotReady long enough", func(s *fakekube.Server) { notReady(t, s, "s2", op.Now.Add(-15*time.Minute)) }, UnlockOptions{}, nil},
+		{"NotReady briefly, a shorter threshold", func(s *fakekube.Server) { notReady(t, s, "s2", op.Now.Add(-5*time.Minute)) },
+			UnlockOptions{StaleAfter: 5 * time.Minute}, nil},
+		{"node gone", func(s *fakekube.Server) { s.Delete(fakekube.Nodes, "", "s2") }, UnlockOptions{}, nil},
+		{"Ready, forced", func(*fakekube.Server) {}, UnlockOptions{Force: true}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, c := cluster(t)
+			tc.prepare(s)
+			rv := s.ResourceVersion()
+			res, err := Unlock(context.Background(), c, "s2", op, tc.opts)
+			if tc.refused == nil {
+				if err != nil {
+					t.Fatalf("unlock refused: %v", err)
+				}
+				if l := storedLease(t, s); l.Spec.HolderIdentity != nil {
+					t.Errorf("still held by %s", *l.Spec.HolderIdentity)
+				}
+				if tc.opts.Force && !strings.Contains(strings.Join(res.Warnings, "\n"), "forced") {
+					t.Errorf("warnings %q: want the forced release said", res.Warnings)
+				}
+				return
+			}
+			if !errors.Is(err, ErrHolderActive) {
+				t.Fatalf("unlock: %v, want ErrHolderActive", err)
+			}
+			for _, w := range tc.refused {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("refusal %q lacks %q", err, w)
+				}
+			}
+			if s.ResourceVersion() != rv || len(events(t, s)) != 0 {
+				t.Error("a refused unlock wrote")
+			}
+		})
 	}
 }
 
@@ -355,7 +434,8 @@ func TestUnlockConflict(t *testing.T) {
 	moved := heldLease()
 	moved.Annotations[rebootlock.AnnotationPhase] = "verifying"
 	api := &racingAPI{Client: c, race: func() { s.Put(fakekube.Leases, moved) }}
-	_, err := Unlock(context.Background(), api, "s2", op)
+	notReady(t, s, "s2", op.Now.Add(-time.Hour))
+	_, err := Unlock(context.Background(), api, "s2", op, UnlockOptions{})
 	if !errors.Is(err, kube.ErrConflict) || !strings.Contains(err.Error(), "nothing was released") {
 		t.Fatalf("unlock racing the holder: %v, want a conflict", err)
 	}
@@ -415,8 +495,14 @@ func TestResumeMalformedAndConflict(t *testing.T) {
 	l.Annotations[rebootlock.AnnotationHalt] = "garbage"
 	s.Put(fakekube.Leases, l)
 	res, err := Resume(context.Background(), c, op)
-	if err != nil || res.Cleared == nil {
+	if err != nil || res.Cleared == nil || !res.Cleared.Unreadable() {
 		t.Fatalf("resume of a malformed halt: %+v %v", res, err)
+	}
+	if w := strings.Join(res.Warnings, "\n"); strings.Contains(w, "marked bad") {
+		t.Errorf("warnings %q: no node marked an unreadable record bad", w)
+	}
+	if evs := events(t, s); len(evs) != 1 || !strings.Contains(evs[0].Message, "cannot be read") || strings.Contains(evs[0].Message, "for (unreadable") {
+		t.Errorf("events %+v", evs)
 	}
 	if _, ok := storedLease(t, s).Annotations[rebootlock.AnnotationHalt]; ok {
 		t.Error("malformed halt record not cleared")

@@ -62,11 +62,14 @@ func normaliseImage(image string) string {
 // renderNodeAgent writes the node agent's objects: its namespace (with a NetworkPolicy that lets
 // nothing in, CIS 5.3.2), ServiceAccount, least-privilege RBAC and the DaemonSet.
 //
-// The Role lets the agent read and compare-and-swap the reboot lock (the Lease basalt-reboot; create
-// cannot be limited by name, as the API server does not know the name of an object being created),
-// read the desired-version ConfigMap and post events on the Lease. The ClusterRole lets it read nodes,
-// patch its node (labels, annotations, cordon) and its BasaltOSUpdate condition, list pods and evict
-// them for the drain, and post events on its Node (a cluster-scoped object's events go to "default").
+// The RBAC grants exactly the calls the agent makes (updater/nodeagent's TestAgentCallsAreTheRBAC).
+// The Role in the agent's namespace lets it read and compare-and-swap the reboot lock (the Lease
+// basalt-reboot; create cannot be limited by name, as the API server does not know the name of an
+// object being created), read the desired-version ConfigMap and create events on the Lease. A Role in
+// "default" lets it create events on its Node (a cluster-scoped object's events go there). The
+// ClusterRole lets it list nodes, patch its node (labels, annotations, cordon) and its BasaltOSUpdate
+// condition, list pods and evict them for the drain. No watch (the agent polls), no patch of events
+// (each is created once, under a name derived from its key).
 //
 // The DaemonSet runs on every node, control plane included (it tolerates every taint, also the
 // cordon's), at system-node-critical priority. Its pods mount the host's /run/basalt, the
@@ -127,15 +130,41 @@ rules:
     resources: ["configmaps"]
     resourceNames: ["basalt-desired"]
     verbs: ["get"]
+  # The Lease's events.
   - apiGroups: [""]
     resources: ["events"]
-    verbs: ["create", "patch"]
+    verbs: ["create"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
 metadata:
   name: AGENT
   namespace: NAMESPACE
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: AGENT
+subjects:
+  - kind: ServiceAccount
+    name: AGENT
+    namespace: NAMESPACE
+---
+# The events on the agent's Node: a cluster-scoped object's events live in "default".
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: AGENT
+  namespace: default
+rules:
+  - apiGroups: [""]
+    resources: ["events"]
+    verbs: ["create"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: AGENT
+  namespace: default
 roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: Role
@@ -152,7 +181,7 @@ metadata:
 rules:
   - apiGroups: [""]
     resources: ["nodes"]
-    verbs: ["get", "list", "watch", "patch"]
+    verbs: ["list", "patch"]
   - apiGroups: [""]
     resources: ["nodes/status"]
     verbs: ["patch"]
@@ -162,9 +191,6 @@ rules:
   - apiGroups: [""]
     resources: ["pods/eviction"]
     verbs: ["create"]
-  - apiGroups: [""]
-    resources: ["events"]
-    verbs: ["create", "patch"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

@@ -46,8 +46,10 @@ type nodeAgentObjects struct {
 	ns                 corev1.Namespace
 	netpol             networkingv1.NetworkPolicy
 	sa                 corev1.ServiceAccount
-	role               rbacv1.Role
-	roleBinding        rbacv1.RoleBinding
+	role               rbacv1.Role        // in basalt-system
+	roleBinding        rbacv1.RoleBinding // in basalt-system
+	eventsRole         rbacv1.Role        // in default: the Node events
+	eventsRoleBinding  rbacv1.RoleBinding // in default
 	clusterRole        rbacv1.ClusterRole
 	clusterRoleBinding rbacv1.ClusterRoleBinding
 	ds                 appsv1.DaemonSet
@@ -58,17 +60,26 @@ func decodeNodeAgent(t *testing.T, data []byte) *nodeAgentObjects {
 	var o nodeAgentObjects
 	targets := map[string]any{
 		"v1/Namespace": &o.ns, "networking.k8s.io/v1/NetworkPolicy": &o.netpol, "v1/ServiceAccount": &o.sa,
-		"rbac.authorization.k8s.io/v1/Role": &o.role, "rbac.authorization.k8s.io/v1/RoleBinding": &o.roleBinding,
+		"rbac.authorization.k8s.io/v1/Role basalt-system": &o.role, "rbac.authorization.k8s.io/v1/RoleBinding basalt-system": &o.roleBinding,
+		"rbac.authorization.k8s.io/v1/Role default": &o.eventsRole, "rbac.authorization.k8s.io/v1/RoleBinding default": &o.eventsRoleBinding,
 		"rbac.authorization.k8s.io/v1/ClusterRole": &o.clusterRole, "rbac.authorization.k8s.io/v1/ClusterRoleBinding": &o.clusterRoleBinding,
 		"apps/v1/DaemonSet": &o.ds,
 	}
 	var kinds []string
 	for _, doc := range yamlDocs(t, data) {
-		var tm metav1.TypeMeta
+		var tm struct {
+			metav1.TypeMeta `json:",inline"`
+			Metadata        struct {
+				Namespace string `json:"namespace"`
+			} `json:"metadata"`
+		}
 		if err := sigsyaml.Unmarshal(doc, &tm); err != nil {
 			t.Fatal(err)
 		}
 		gvk := tm.APIVersion + "/" + tm.Kind
+		if tm.Kind == "Role" || tm.Kind == "RoleBinding" {
+			gvk += " " + tm.Metadata.Namespace
+		}
 		v, ok := targets[gvk]
 		if !ok || slices.Contains(kinds, gvk) {
 			t.Fatalf("unexpected or repeated object %s", gvk)
@@ -102,22 +113,28 @@ func TestNodeAgentManifest(t *testing.T) {
 		t.Errorf("service account %+v", o.sa)
 	}
 
-	// RBAC: exactly the least privilege of issue 15, item 1.
+	// RBAC: exactly the least privilege of issue 15, item 1, and exactly the calls the agent makes
+	// (updater/nodeagent's TestAgentCallsAreTheRBAC lists them): no watch (the agent polls), no get
+	// of nodes (it lists them), no patch of events (each is created once), and events only where the
+	// agent posts them: basalt-system (the Lease's) and default (its Node's, a cluster-scoped object).
 	wantRole := []rbacv1.PolicyRule{
 		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
 		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{"basalt-reboot"}, Verbs: []string{"get", "update"}},
 		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{"basalt-desired"}, Verbs: []string{"get"}},
-		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
 	}
 	if o.role.Name != NodeAgentName || o.role.Namespace != ns || !reflect.DeepEqual(o.role.Rules, wantRole) {
 		t.Errorf("role %s/%s rules:\n%+v\nwant\n%+v", o.role.Namespace, o.role.Name, o.role.Rules, wantRole)
 	}
+	wantEvents := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}}}
+	if o.eventsRole.Name != NodeAgentName || o.eventsRole.Namespace != "default" || !reflect.DeepEqual(o.eventsRole.Rules, wantEvents) {
+		t.Errorf("role %s/%s rules:\n%+v\nwant\n%+v", o.eventsRole.Namespace, o.eventsRole.Name, o.eventsRole.Rules, wantEvents)
+	}
 	wantCluster := []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list", "patch"}},
 		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list"}},
 		{APIGroups: []string{""}, Resources: []string{"pods/eviction"}, Verbs: []string{"create"}},
-		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	}
 	if o.clusterRole.Name != NodeAgentName || !reflect.DeepEqual(o.clusterRole.Rules, wantCluster) {
 		t.Errorf("cluster role rules:\n%+v\nwant\n%+v", o.clusterRole.Rules, wantCluster)
@@ -125,6 +142,9 @@ func TestNodeAgentManifest(t *testing.T) {
 	subject := []rbacv1.Subject{{Kind: "ServiceAccount", Name: NodeAgentName, Namespace: ns}}
 	if b := o.roleBinding; b.Namespace != ns || b.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: NodeAgentName}) || !reflect.DeepEqual(b.Subjects, subject) {
 		t.Errorf("role binding %+v", b)
+	}
+	if b := o.eventsRoleBinding; b.Namespace != "default" || b.Name != NodeAgentName || b.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: NodeAgentName}) || !reflect.DeepEqual(b.Subjects, subject) {
+		t.Errorf("events role binding %+v", b)
 	}
 	if b := o.clusterRoleBinding; b.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: NodeAgentName}) || !reflect.DeepEqual(b.Subjects, subject) {
 		t.Errorf("cluster role binding %+v", b)
@@ -337,6 +357,7 @@ func TestKubectlTakesNodeAgentManifest(t *testing.T) {
 	want := []string{
 		"namespace/basalt-system", "networkpolicy.networking.k8s.io/default-deny-ingress", "serviceaccount/basalt-node-agent",
 		"role.rbac.authorization.k8s.io/basalt-node-agent", "rolebinding.rbac.authorization.k8s.io/basalt-node-agent",
+		"role.rbac.authorization.k8s.io/basalt-node-agent", "rolebinding.rbac.authorization.k8s.io/basalt-node-agent", // in default
 		"clusterrole.rbac.authorization.k8s.io/basalt-node-agent", "clusterrolebinding.rbac.authorization.k8s.io/basalt-node-agent",
 		"daemonset.apps/basalt-node-agent",
 	}

@@ -211,7 +211,15 @@ type Pod struct {
 
 // PodSpec is the used part of corev1.PodSpec.
 type PodSpec struct {
-	NodeName string `json:"nodeName,omitempty"`
+	NodeName string   `json:"nodeName,omitempty"`
+	Volumes  []Volume `json:"volumes,omitempty"`
+}
+
+// Volume is the used part of corev1.Volume: its name, and whether it is an emptyDir (whose data a drain
+// deletes with the pod).
+type Volume struct {
+	Name     string    `json:"name"`
+	EmptyDir *struct{} `json:"emptyDir,omitempty"`
 }
 
 // PodStatus is the used part of corev1.PodStatus. Phase is Pending, Running, Succeeded, Failed or

@@ -17,7 +17,8 @@
 //	basalt.io/phase        where the holder stands (locked, draining, ..., rolled-back)
 //	basalt.io/since        when the phase was recorded, RFC 3339 in whole seconds, UTC
 //	basalt.io/message      why (drain-blocked, aborted), or what refuses an eviction while draining
-//	basalt.io/halt         the halt record, JSON {"version","node","check","reason"}; kept across releases
+//	basalt.io/halt         the halt record, JSON {"version","node","check","reason"}; kept across releases;
+//	                       one that cannot be read halts every version (UnreadableHaltVersion)
 //	basalt.io/resume       present: a request to clear the halt record (any value)
 //
 // # Resume
@@ -40,6 +41,11 @@ import (
 
 	"github.com/basalt-os/basalt/internal/kube"
 )
+
+// DefaultStaleAfter is how long a lock holder's node may be NotReady (or gone) before the other
+// node agents call the lock stale (RebootLockStale events) and `basalt gitops unlock` releases it
+// without --force: one threshold for both sides.
+const DefaultStaleAfter = 15 * time.Minute
 
 // Names in the cluster.
 const (
@@ -94,8 +100,19 @@ type Halt struct {
 	Reason  string `json:"reason"`
 }
 
+// UnreadableHaltVersion is the Version of the Halt that stands in for a halt record that cannot be
+// read (FromLease). It is no version at all (not MAJOR.MINOR.PATCH), so it is never "another
+// version" that Git names: such a halt stops every version and only `basalt gitops resume` clears it.
+const UnreadableHaltVersion = "(unreadable halt record)"
+
+// Unreadable tells whether h stands in for a halt record that could not be read.
+func (h Halt) Unreadable() bool { return h.Version == UnreadableHaltVersion }
+
 // String is the halt as one line.
 func (h Halt) String() string {
+	if h.Unreadable() {
+		return fmt.Sprintf("the halt record cannot be read (%s): every version is halted until `basalt gitops resume`", h.Reason)
+	}
 	return fmt.Sprintf("%s failed on node %s (check %s: %s)", h.Version, h.Node, h.Check, h.Reason)
 }
 
@@ -155,8 +172,10 @@ func MalformedKeys(err error) []string {
 // FromLease reads the record of l; a nil l (no Lease yet) is a free lock. An annotation that cannot
 // be read is named in the error (as *AnnotationError, see MalformedKeys) and the record holds
 // everything else: a malformed since is left zero, and a malformed halt record still halts, as a
-// Halt for the holder's version on node "unknown" whose reason quotes the annotation (better
-// stopped than rolling on a guess; `basalt gitops resume` clears it).
+// Halt for UnreadableHaltVersion on node "unknown" whose reason quotes the annotation: it halts every
+// version, also once the lock is released, and only `basalt gitops resume` clears it (better stopped
+// than rolling on a guess; its version is never one Git names, so naming another version does not
+// clear it). Written back by Apply it is an ordinary, readable record with that version.
 func FromLease(l *kube.Lease) (Record, error) {
 	if l == nil {
 		return Record{}, nil
@@ -190,7 +209,7 @@ func FromLease(l *kube.Lease) (Record, error) {
 		if err != nil {
 			errs = append(errs, &AnnotationError{Key: AnnotationHalt, Value: s,
 				Err: fmt.Errorf("not a halt record {version, node, check, reason}: %w", err)})
-			h = Halt{Version: r.Version, Node: "unknown", Check: "halt-record", Reason: fmt.Sprintf("unreadable %s annotation %q", AnnotationHalt, s)}
+			h = Halt{Version: UnreadableHaltVersion, Node: "unknown", Check: "halt-record", Reason: fmt.Sprintf("annotation %s is %q", AnnotationHalt, s)}
 		}
 		r.Halt = &h
 	}

@@ -139,17 +139,33 @@ func TestFromLeaseMalformed(t *testing.T) {
 	if !errors.As(err, &ae) || !strings.Contains(err.Error(), "basalt-system/basalt-reboot") {
 		t.Errorf("error %v", err)
 	}
-	// The rest is read; the halt still halts, for the holder's version; the holder's node comes from
-	// its identity.
-	if r.Phase != "rebooting" || !r.Since.IsZero() || r.HolderNode != "s2" || r.Halt == nil || r.Halt.Version != "1.4.0" ||
-		!strings.Contains(r.Halt.Reason, "1.3.9 failed") {
+	// The rest is read; the halt still halts, every version (UnreadableHaltVersion), not the holder's
+	// alone; the holder's node comes from its identity.
+	if r.Phase != "rebooting" || !r.Since.IsZero() || r.HolderNode != "s2" || r.Halt == nil || r.Halt.Version != UnreadableHaltVersion ||
+		!r.Halt.Unreadable() || !strings.Contains(r.Halt.Reason, "1.3.9 failed") {
 		t.Errorf("record %+v halt %+v", r, r.Halt)
 	}
+	// A released lock has no version annotation: the halt must still name no real version, or "Git
+	// names another version" would clear it at once.
 	for _, bad := range []string{"{", `{"node":"a1"}`, `"x"`} {
 		l.Annotations = map[string]string{AnnotationHalt: bad}
-		if r, err := FromLease(l); !slices.Equal(MalformedKeys(err), []string{AnnotationHalt}) || r.Halt == nil {
-			t.Errorf("halt %q: %+v %v", bad, r, err)
+		l.Spec.HolderIdentity = nil
+		r, err := FromLease(l)
+		if !slices.Equal(MalformedKeys(err), []string{AnnotationHalt}) || r.Halt == nil || r.Halt.Version != UnreadableHaltVersion || !r.Halt.Unreadable() {
+			t.Errorf("halt %q on a free lock: %+v %+v %v", bad, r, r.Halt, err)
 		}
+		if s := r.Halt.String(); !strings.Contains(s, "cannot be read") || !strings.Contains(s, "basalt gitops resume") {
+			t.Errorf("halt %q as a line: %s", bad, s)
+		}
+	}
+	// Written back by an agent (Apply), the stand-in reads back as the same halt, still unreadable in
+	// meaning, and no longer an error.
+	l.Annotations = map[string]string{AnnotationHalt: "garbage"}
+	r, _ = FromLease(l)
+	r.Apply(l)
+	again, err := FromLease(l)
+	if err != nil || again.Halt == nil || *again.Halt != *r.Halt || !again.Halt.Unreadable() {
+		t.Errorf("written back: %+v %v", again.Halt, err)
 	}
 	if MalformedKeys(nil) != nil || MalformedKeys(errors.New("x")) != nil {
 		t.Error("keys of a foreign error")

@@ -309,6 +309,10 @@ func newRoot(stdout, stderr io.Writer, g *globals) *cobra.Command {
 			"the newest eligible release within the maintenance window every poll interval (plus jitter),\n" +
 			"rebooting as the configuration's reboot says. Errors are logged with their class and retried with\n" +
 			"backoff; SIGTERM or SIGINT stops it cleanly, leaving an install resumable.\n\n" +
+			"With a cluster: section in the configuration it also serves the socket (cluster.socket) to the\n" +
+			"Kubernetes node agent and system-upgrade-controller jobs, and never installs, switches or reboots\n" +
+			"on its own: that happens under the cluster reboot lock, on the node agent's requests. Only with\n" +
+			"cluster.desiredFile (a device outside Kubernetes) does it install, exactly the version named there.\n\n" +
 			"With --once: the verdict and one check/install, then exit (0: nothing to do, installed, or\n" +
 			"rebooting; otherwise the exit code of the error's class).",
 		Args: cobra.NoArgs,

@@ -33,6 +33,7 @@ func newNodeAgent(g *globals, stderr io.Writer) *cobra.Command {
 func newNodeAgentWith(g *globals, stderr io.Writer, deps nodeAgentDeps) *cobra.Command {
 	var socket, node string
 	var drainTimeout, poll time.Duration
+	var evictBarePods, deleteEmptyDirData bool
 	cmd := &cobra.Command{
 		Use:   "node-agent",
 		Short: "Run the Kubernetes node agent of a cluster rollout (in the DaemonSet " + rebootlock.Namespace + "/basalt-node-agent)",
@@ -43,10 +44,13 @@ func newNodeAgentWith(g *globals, stderr io.Writer, deps nodeAgentDeps) *cobra.C
 			"(basalt-updater daemon, reached over --socket from the host's /run/basalt) stays the one actor on\n" +
 			"the device and keeps every decision about bytes, slots and boot entries, behind TUF. The agent:\n" +
 			"  - reads the desired version from the ConfigMap " + rebootlock.Namespace + "/" + rebootlock.DesiredConfigMap + " (written from Git);\n" +
-			"    the node label basalt.io/hold=true pauses this node;\n" +
+			"    when it names none, the version a system-upgrade-controller job asked this host for; the node\n" +
+			"    label basalt.io/hold=true pauses this node, and so do the host's reboot: never and its\n" +
+			"    maintenance window (the lock is not taken outside it);\n" +
 			"  - asks the daemon to stage it (every node in parallel), then, under the cluster reboot lock (the\n" +
 			"    Lease " + rebootlock.Namespace + "/" + rebootlock.LeaseName + ", which never expires by time), cordons, drains by eviction\n" +
-			"    (PodDisruptionBudgets respected, --drain-timeout), asks for an etcd snapshot on a server that\n" +
+			"    (PodDisruptionBudgets respected, --drain-timeout; pods without a controller or with emptyDir\n" +
+			"    data block the drain unless --evict-bare-pods / --delete-emptydir-data), asks for an etcd snapshot on a server that\n" +
 			"    changes K3s version, the switch and the reboot, and releases the lock once the new version is\n" +
 			"    healthy and blessed;\n" +
 			"  - stops the rollout at the first failure (a halt record on the Lease, cleared by `basalt gitops\n" +
@@ -83,7 +87,8 @@ func newNodeAgentWith(g *globals, stderr io.Writer, deps nodeAgentDeps) *cobra.C
 			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})).With("component", "node-agent")
 			a := &nodeagent.Agent{
 				Kube: kc, Host: nodeagent.NewHostClient(socket, log), NodeName: node, Clock: deps.clock, Log: log,
-				Config: nodeagent.Config{Rollout: rollout.Config{DrainTimeout: drainTimeout}, PollInterval: poll},
+				Config: nodeagent.Config{Rollout: rollout.Config{DrainTimeout: drainTimeout}, PollInterval: poll,
+					EvictBarePods: evictBarePods, DeleteEmptyDirData: deleteEmptyDirData},
 			}
 			log.Info("node agent started", "node", node, "socket", socket)
 			err = a.Run(cmd.Context())
@@ -99,5 +104,7 @@ func newNodeAgentWith(g *globals, stderr io.Writer, deps nodeAgentDeps) *cobra.C
 	f.StringVar(&node, "node", "", "this node's name (default $NODE_NAME)")
 	f.DurationVar(&drainTimeout, "drain-timeout", rollout.DefaultDrainTimeout, "give up a drain blocked this long (uncordon, release the lock, DrainBlocked)")
 	f.DurationVar(&poll, "poll-interval", nodeagent.DefaultPollInterval, "time between steps")
+	f.BoolVar(&evictBarePods, "evict-bare-pods", false, "let a drain evict pods no controller recreates: they are gone for good (kubectl drain --force); without it such a pod blocks the drain (DrainBlocked)")
+	f.BoolVar(&deleteEmptyDirData, "delete-emptydir-data", false, "let a drain evict pods with emptyDir volumes, whose data is lost (kubectl drain --delete-emptydir-data); without it such a pod blocks the drain (DrainBlocked)")
 	return cmd
 }

@@ -105,7 +105,7 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 // clusterServer is the daemon's socket server over the agent.
 func clusterServer(a *agent.Agent) *hostapi.Server {
 	s := &hostapi.Server{Backend: a, Name: a.Config.Name, Channel: a.Config.Channel, Notes: hostapi.NewStore(a.Config.StateDir),
-		AutoReboot: a.Config.Reboot == "auto", Log: a.Log}
+		AutoReboot: a.Config.Reboot == "auto" && !a.ImageMode, MaintenanceWindow: a.Config.MaintenanceWindow, Log: a.Log}
 	if a.BootID != "" {
 		id := a.BootID
 		s.BootID = func() string { return id }

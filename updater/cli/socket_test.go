@@ -10,8 +10,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/basalt-os/basalt/updater/agent"
+	"github.com/basalt-os/basalt/updater/config"
 	"github.com/basalt-os/basalt/updater/hostapi"
 	"github.com/basalt-os/basalt/updater/state"
 	"github.com/basalt-os/basalt/updater/sucjob"
@@ -170,10 +172,12 @@ func pod(ctx context.Context, sock, hostRoot, name, version string) (int, string
 	return ExitCode(err), "basalt-updater: " + err.Error() // what main prints
 }
 
-// The SUC path end to end: the job asks the daemon once; the daemon stages, switches and reboots
-// (which kills the pod); after the reboot (a new boot ID) a new pod waits for the verdict and exits
-// 0 once the version is blessed, 11 once it is bad (with one stable line); later pods decide the same
-// without asking again.
+// The SUC path end to end: the job asks the daemon once; the daemon records 1.4.0 as requested and
+// stages it, and never switches or reboots on a job's request: the node agent (simulated here over
+// the socket, as updater/nodeagent asks) switches and reboots under the cluster reboot lock, which
+// kills the pod; after the reboot (a new boot ID) a new pod waits for the verdict and exits 0 once the
+// version is blessed, 11 once it is bad (with one stable line); later pods decide the same without
+// asking again.
 func TestSUCJobAcrossReboot(t *testing.T) {
 	for _, healthy := range []bool{true, false} {
 		t.Run(fmt.Sprintf("healthy=%v", healthy), func(t *testing.T) {
@@ -181,13 +185,20 @@ func TestSUCJobAcrossReboot(t *testing.T) {
 			sock := filepath.Join(dir, "host", "run", "basalt", "updater.sock")
 			n := &node{running: "1.3.0", boot: "boot-a", blessed: true, st: state.New("1.3.0"), served: []string{"1.3.0", "1.4.0"},
 				healthy: healthy, notes: hostapi.NewStore(filepath.Join(dir, "state"))}
-			// Boot A: the first pod asks; the reboot kills it.
+			// Boot A: the first pod asks; the node agent's reboot kills it.
 			d := startDaemon(t, n, sock)
-			ctx, kill := context.WithCancel(context.Background())
+			actx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			ctx, kill := context.WithCancel(actx)
 			defer kill()
 			n.onReboot = kill
+			agentDone := make(chan error, 1)
+			go func() { agentDone <- nodeAgent(actx, sock, "1.4.0") }()
 			if code, line := pod(ctx, sock, dir, "apply-0", "1.4.0"); code == sucjob.ExitDone || code == sucjob.ExitBad {
 				t.Fatalf("the pod killed by the reboot exited %d: %s", code, line)
+			}
+			if err := <-agentDone; err != nil {
+				t.Fatalf("node agent: %v", err)
 			}
 			d.stop()
 			if n.stages != 1 || n.reboots != 1 || n.st.Phase != state.Switched {
@@ -217,6 +228,35 @@ func TestSUCJobAcrossReboot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nodeAgent is the node agent's part for version: it waits until the host reports version as
+// requested (a SUC job's install) and staged, then switches and asks for the reboot, as it does under
+// the cluster reboot lock. The daemon alone never gets there.
+func nodeAgent(ctx context.Context, sock, version string) error {
+	c := &hostapi.Client{Socket: sock, Kind: hostapi.ClientNodeAgent}
+	for {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.Rebooting || st.Staged.State == hostapi.StageSwitched {
+			return fmt.Errorf("the daemon switched or rebooted on its own: %+v", st)
+		}
+		if st.Requested == version && st.Staged.Version == version && st.Staged.State == hostapi.StageStaged {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s never staged: %w", version, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if _, err := c.Switch(ctx, version); err != nil {
+		return err
+	}
+	_, err := c.Reboot(ctx)
+	return err
 }
 
 // install --version --socket refuses, through the daemon, a version TUF does not serve and one that
@@ -261,5 +301,29 @@ func TestInstallBySocketRefuses(t *testing.T) {
 func TestExitHelpNamesCode11(t *testing.T) {
 	if h := exitHelp(); !strings.Contains(h, "  11  install --socket in a system-upgrade-controller job") || ExitCode(ErrVersionBad) != sucjob.ExitBad {
 		t.Errorf("exit help:\n%s", h)
+	}
+}
+
+// The daemon's socket server reports what its configuration says: whether it may reboot (reboot:
+// auto on a device) and its maintenance window.
+func TestClusterServerWiring(t *testing.T) {
+	for _, tc := range []struct {
+		reboot, window string
+		image          bool
+		allowed        bool
+	}{
+		{"auto", "02:00-04:00", false, true},
+		{"never", "", false, false},
+		{"auto", "", true, false}, // a disk image never reboots
+	} {
+		cfg, err := config.Parse([]byte("repository: {url: http://127.0.0.1:1}\nname: basalt\nreboot: " + tc.reboot +
+			"\nmaintenanceWindow: \"" + tc.window + "\"\ncluster: {}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := clusterServer(&agent.Agent{Config: cfg, ImageMode: tc.image})
+		if s.AutoReboot != tc.allowed || s.MaintenanceWindow != tc.window {
+			t.Errorf("reboot %s, image %v, window %q: server AutoReboot %v, window %q", tc.reboot, tc.image, tc.window, s.AutoReboot, s.MaintenanceWindow)
+		}
 	}
 }

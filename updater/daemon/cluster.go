@@ -47,8 +47,17 @@ func ReadDesired(path string) (Desired, error) {
 	return d, nil
 }
 
-// nodeAgent says a node agent drives this host (cluster mode through the socket).
+// nodeAgent says a node agent drives this host (cluster mode through the socket), or may.
 func (d *Daemon) nodeAgent() bool { return d.Cluster != nil && d.Cluster.NodeAgent() }
+
+// clusterHold says the daemon's own loop leaves installs, switches and reboots alone: the
+// configuration has a cluster section and either no cluster.desiredFile (only the node agent moves
+// this host, under the cluster reboot lock) or a node agent drives the host. It is asked again before
+// every step, so a node agent that starts driving during an install stops the reboot after it.
+func (d *Daemon) clusterHold() bool {
+	cl := d.Config.Cluster
+	return cl != nil && (cl.DesiredFile == "" || d.nodeAgent())
+}
 
 // verdict is the post-boot health run; in cluster mode it records the verdict for the socket's status.
 func (d *Daemon) verdict(ctx context.Context) (agent.HealthResult, error) {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/basalt-os/basalt/updater/agent"
 	"github.com/basalt-os/basalt/updater/health"
@@ -31,7 +32,13 @@ func (backend) SwitchStaged(context.Context, string) (*agent.Result, error) {
 func clusterDaemon(t *testing.T, a *fakeAgent, extra string, nodeAgent bool) (*Daemon, context.Context, string) {
 	t.Helper()
 	dir := t.TempDir()
-	cfg := testConfig(t, "stateDir: "+dir+"\ncluster: {desiredFile: "+filepath.Join(dir, "desired.yaml")+"}\n"+extra)
+	return clusterDaemonIn(t, dir, a, "cluster: {desiredFile: "+filepath.Join(dir, "desired.yaml")+"}\n"+extra, nodeAgent)
+}
+
+// clusterDaemonIn is a cluster-mode daemon with its state in dir and cfg's cluster section.
+func clusterDaemonIn(t *testing.T, dir string, a *fakeAgent, extra string, nodeAgent bool) (*Daemon, context.Context, string) {
+	t.Helper()
+	cfg := testConfig(t, "stateDir: "+dir+"\n"+extra)
 	d, ctx, _, _ := newDaemon(t, a, cfg, 100)
 	d.Cluster = &hostapi.Server{Backend: backend{a}, Name: "basalt", Notes: hostapi.NewStore(dir), BootID: func() string { return "boot-1" },
 		K3sRecord: filepath.Join(dir, "none.json")}
@@ -144,5 +151,97 @@ func TestClusterHealthRecorded(t *testing.T) {
 	}
 	if st, _ := d.Cluster.Status(ctx); st.Health != hostapi.HealthPassed || checks != 2 {
 		t.Errorf("health %s after %d checks; want passed after 2 (once per boot)", st.Health, checks)
+	}
+}
+
+// The review's scenario: a fresh node whose configuration has a cluster section but no desiredFile.
+// The daemon's own loop never installs, switches or reboots, whatever the state, whether or not a
+// node agent ever asked anything, and whether or not cluster.json can be read: only the node agent
+// (under the cluster reboot lock) or cluster.desiredFile moves this host.
+func TestClusterWithoutDesiredFileNeverActs(t *testing.T) {
+	for _, phase := range []state.Phase{state.Idle, state.Good, state.Verified, state.Switched, state.Failed, state.RolledBack} {
+		for _, notes := range []string{"none", "node-agent", "unreadable"} {
+			t.Run(string(phase)+"/"+notes, func(t *testing.T) {
+				a := &fakeAgent{phase: phase, running: "1.0.0", installs: []error{nil, nil}, switchOnInstall: true}
+				dir := t.TempDir()
+				d, ctx, _ := clusterDaemonIn(t, dir, a, "cluster: {}\n", notes == "node-agent")
+				if notes == "unreadable" {
+					os.WriteFile(filepath.Join(dir, hostapi.NotesFile), []byte("{not json"), 0o600)
+				}
+				for range 3 {
+					if out, err := d.Cycle(ctx); err != nil || out != Cluster {
+						t.Fatalf("cycle: %s, %v; want %s", out, err, Cluster)
+					}
+				}
+				if len(a.calls) != 0 {
+					t.Errorf("calls %v: the daemon acted on its own", a.calls)
+				}
+				// Run too (post-boot run, then cycles): the same.
+				d, ctx, _ = clusterDaemonIn(t, t.TempDir(), a, "cluster: {}\n", false)
+				d.Sleep = stopAfter(3)
+				if err := d.Run(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if slices.Contains(a.calls, "install") || slices.Contains(a.calls, "reboot") {
+					t.Errorf("run: calls %v: the daemon acted on its own", a.calls)
+				}
+			})
+		}
+	}
+}
+
+// stopAfter is a Sleep that ends the run's context after n sleeps.
+func stopAfter(n int) func(ctx context.Context, d time.Duration) error {
+	count := 0
+	return func(ctx context.Context, _ time.Duration) error {
+		if count++; count > n {
+			return context.Canceled
+		}
+		return ctx.Err()
+	}
+}
+
+// The post-boot verdict still comes in cluster mode without a desired file: a version on trial is
+// judged (bless, or roll back with its reboot).
+func TestClusterWithoutDesiredFileStillJudges(t *testing.T) {
+	a := &fakeAgent{phase: state.Trying, running: "2.0.0", health: agent.HealthResult{Version: "2.0.0", Judged: true}}
+	d, ctx, _ := clusterDaemonIn(t, t.TempDir(), a, "cluster: {}\n", false)
+	if _, err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := d.Cluster.Status(ctx); !slices.Equal(a.calls, []string{"health"}) || st.Health != hostapi.HealthPassed {
+		t.Errorf("calls %v, health %s; want one verdict, passed", a.calls, st.Health)
+	}
+}
+
+// A cycle that is inside Install (cluster.desiredFile) when a node agent starts driving the host
+// does not reboot after it: the node agent reboots under the cluster reboot lock.
+func TestClusterInstallRechecksBeforeReboot(t *testing.T) {
+	a := &fakeAgent{phase: state.Idle, running: "1.0.0", installs: []error{nil}, switchOnInstall: true}
+	d, ctx, desired := clusterDaemon(t, a, "", false)
+	os.WriteFile(desired, []byte("version: 2.0.0\n"), 0o644)
+	a.onInstall = func(context.Context) error {
+		return d.Cluster.Notes.Update(func(n *hostapi.Notes) { n.NodeAgent = true }) // a stage request came meanwhile
+	}
+	out, err := d.Cycle(ctx)
+	if err != nil || out != Cluster || slices.Contains(a.calls, "reboot") {
+		t.Errorf("cycle: %s, %v, calls %v; want %s and no reboot", out, err, a.calls, Cluster)
+	}
+	// Nor does a later cycle reboot the switched version.
+	if out, _ := d.Cycle(ctx); out != Cluster || slices.Contains(a.calls, "reboot") {
+		t.Errorf("next cycle: %s, calls %v", out, a.calls)
+	}
+}
+
+// With cluster.desiredFile and a switched version, notes that cannot be read count as a node agent
+// driving the host (it may): the daemon does not reboot on its own.
+func TestClusterUnreadableNotesDoNotReboot(t *testing.T) {
+	a := &fakeAgent{phase: state.Switched, running: "1.0.0"}
+	dir := t.TempDir()
+	d, ctx, _ := clusterDaemonIn(t, dir, a, "cluster: {desiredFile: "+filepath.Join(dir, "desired.yaml")+"}\n", false)
+	os.WriteFile(filepath.Join(dir, "desired.yaml"), []byte("version: 2.0.0\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, hostapi.NotesFile), []byte("{not json"), 0o600)
+	if out, err := d.Cycle(ctx); err != nil || out != Cluster || len(a.calls) != 0 {
+		t.Errorf("cycle: %s, %v, calls %v; want %s and nothing done", out, err, a.calls, Cluster)
 	}
 }

@@ -10,10 +10,12 @@
 //
 // With the configuration's cluster section (cluster rollouts) the daemon also serves its Unix socket
 // (updater/hostapi) to a Kubernetes node agent or a system-upgrade-controller job, and its own loop
-// changes: once a node agent drives the host, the loop never installs, switches or reboots on its own
-// (that happens under the cluster reboot lock, on the node agent's requests): it gives the post-boot
-// verdict and reports this boot's health. With cluster.desiredFile and no node agent, it installs
-// exactly the version that file names, once, within the maintenance window, and nothing else.
+// changes: it never installs, switches or reboots on its own (that happens under the cluster reboot
+// lock, on the node agent's requests); it gives the post-boot verdict (bless, or roll back and reboot)
+// and reports this boot's health. The one exception is cluster.desiredFile (a device outside
+// Kubernetes): while no node agent drives the host (and the notes that say so can be read), the loop
+// installs exactly the version that file names, within the maintenance window, and reboots into it,
+// and nothing else.
 package daemon
 
 import (
@@ -70,7 +72,9 @@ const (
 	Pending Outcome = "pending"
 	// Failed: the cycle failed with an error.
 	Failed Outcome = "failed"
-	// Cluster: a node agent drives this host; the cycle only reported this boot's health.
+	// Cluster: cluster mode leaves installs, switches and reboots to the node agent (no
+	// cluster.desiredFile, or a node agent drives this host); the cycle only gave the post-boot
+	// verdict and reported this boot's health.
 	Cluster Outcome = "cluster"
 )
 
@@ -288,7 +292,7 @@ func (d *Daemon) Cycle(ctx context.Context) (Outcome, error) {
 		}
 	case state.Switched:
 		d.log().Info("update pending reboot", "version", st.State.Target, "running", st.Running)
-		if d.nodeAgent() {
+		if d.clusterHold() {
 			return Cluster, nil // the node agent reboots, under the cluster reboot lock
 		}
 		if d.Config.Reboot != "auto" {
@@ -297,11 +301,11 @@ func (d *Daemon) Cycle(ctx context.Context) (Outcome, error) {
 		// The reboot after the switch failed, or was deferred to the maintenance window: ask again.
 		return d.reboot(ctx, st.State.Target, Pending)
 	}
-	if d.Cluster != nil {
+	if d.Config.Cluster != nil {
 		if err := d.clusterHealth(ctx, st); err != nil {
 			return Failed, err
 		}
-		if d.nodeAgent() {
+		if d.clusterHold() {
 			return Cluster, nil
 		}
 	}
@@ -324,6 +328,11 @@ func (d *Daemon) Cycle(ctx context.Context) (Outcome, error) {
 		return Failed, err
 	}
 	d.Metrics.Checked(d.now())
+	if d.clusterHold() {
+		// A node agent started driving this host during the install: it reboots, under the lock.
+		d.log().Info("installed; the node agent reboots under the cluster reboot lock", "version", res.Version)
+		return Cluster, nil
+	}
 	if d.Config.Reboot != "auto" {
 		return Installed, nil
 	}

@@ -93,7 +93,8 @@ func (c *Client) Reboot(ctx context.Context) (*Response, error) {
 	return c.Do(ctx, Request{Op: OpReboot})
 }
 
-// Install asks to install version (stage, switch, reboot) in the background.
+// Install asks, for a SUC job, to install version: the daemon records it as requested and stages it
+// in the background; the node agent switches and reboots it under the cluster reboot lock.
 func (c *Client) Install(ctx context.Context, version string) (*Response, error) {
 	return c.Do(ctx, Request{Op: OpInstall, Version: version})
 }

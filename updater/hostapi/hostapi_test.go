@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/updater/agent"
@@ -199,7 +200,7 @@ func TestStatus(t *testing.T) {
 	}
 	want := &Status{BootedVersion: "1.3.0", BootID: "boot-a", Blessed: true, Staged: Staged{State: StageNone},
 		Bad:    map[string]BadVersion{"1.2.0": {"http", "503"}, "1.2.5": {"boot", "it failed on this device before"}},
-		Health: HealthPassed, K3sVersion: "v1.31.4+k3s1"}
+		Health: HealthPassed, K3sVersion: "v1.31.4+k3s1", RebootAllowed: true, WindowOpen: true}
 	a, _ := json.Marshal(st)
 	b, _ := json.Marshal(want)
 	if string(a) != string(b) {
@@ -303,8 +304,10 @@ func TestProtocolVersion(t *testing.T) {
 	}
 }
 
-// A SUC job's install: without a node agent the daemon stages, switches and reboots; with one it
-// only stages (the node agent switches and reboots under the cluster reboot lock).
+// A SUC job's install never switches or reboots: that would bypass Basalt's cluster reboot lock (two
+// Plans could reboot two nodes at once). With or without a node agent recorded, the daemon checks the
+// version with TUF, records it as requested (the node agent's desired version when Git names none)
+// and stages it; the node agent switches and reboots under the lock.
 func TestInstall(t *testing.T) {
 	for _, nodeAgent := range []bool{false, true} {
 		t.Run(fmt.Sprintf("nodeAgent=%v", nodeAgent), func(t *testing.T) {
@@ -317,25 +320,81 @@ func TestInstall(t *testing.T) {
 			ctx := context.Background()
 			_, err := c.Install(ctx, "1.9.0")
 			wantCode(t, err, CodeNotFound, tufclient.ErrNotFound)
-			if _, err := c.Install(ctx, "1.4.0"); err != nil {
+			if st, _ := c.Status(ctx); st.Requested != "" {
+				t.Errorf("a refused install was recorded as requested: %q", st.Requested)
+			}
+			resp, err := c.Install(ctx, "1.4.0")
+			if err != nil {
 				t.Fatal(err)
+			}
+			if !strings.Contains(resp.Message, "node agent") || resp.Status.Requested != "1.4.0" {
+				t.Errorf("install answered %q, requested %q", resp.Message, resp.Status.Requested)
 			}
 			srv.Wait()
 			st, _ := c.Status(ctx)
-			want := sucjob.Record{Version: "1.4.0", Phase: sucjob.PhaseSwitched, SwitchBootID: "boot-a"}
-			if nodeAgent {
-				want = sucjob.Record{Version: "1.4.0", Phase: sucjob.PhaseStaged}
-			}
-			if got := st.SUC("1.4.0").Record; got != want || st.Rebooting == nodeAgent || f.reboots != map[bool]int{false: 1, true: 0}[nodeAgent] {
-				t.Errorf("after install: record %+v (want %+v), rebooting %v, %d reboots", got, want, st.Rebooting, f.reboots)
+			want := sucjob.Record{Version: "1.4.0", Phase: sucjob.PhaseStaged}
+			if got := st.SUC("1.4.0").Record; got != want || st.Rebooting || f.reboots != 0 || st.Requested != "1.4.0" {
+				t.Errorf("after install: record %+v (want %+v), rebooting %v, %d reboots, requested %q", got, want, st.Rebooting, f.reboots, st.Requested)
 			}
 			// Asked again (another pod): nothing new happens.
 			if _, err := c.Install(ctx, "1.4.0"); err != nil {
 				t.Fatal(err)
 			}
 			srv.Wait()
-			if n := strings.Count(strings.Join(f.calls, ","), "stage 1.4.0"); n != 1 {
-				t.Errorf("calls %v: want one stage", f.calls)
+			calls := strings.Join(f.calls, ",")
+			if n := strings.Count(calls, "stage 1.4.0"); n != 1 || strings.Contains(calls, "switch") || strings.Contains(calls, "reboot") {
+				t.Errorf("calls %v: want one stage, no switch, no reboot", f.calls)
+			}
+			// The request survives a restart of the daemon (the notes).
+			srv2 := &Server{Backend: f, Name: "basalt", Notes: NewStore(filepath.Dir(srv.Notes.Path)), BootID: func() string { return *f.boot }}
+			if st, err := srv2.Status(ctx); err != nil || st.Requested != "1.4.0" {
+				t.Errorf("after a restart: requested %q, %v", st.Requested, err)
+			}
+			// The node agent does the rest, under the lock; once 1.4.0 runs the request is kept (it
+			// is the version this host is asked to run) until a newer one runs.
+			if _, err := c.Switch(ctx, "1.4.0"); err != nil {
+				t.Fatal(err)
+			}
+			f.mu.Lock()
+			f.running, f.st = "1.5.0", state.New("1.5.0")
+			f.mu.Unlock()
+			if st, _ := c.Status(ctx); st.Requested != "" {
+				t.Errorf("requested %q reported below the running 1.5.0", st.Requested)
+			}
+		})
+	}
+}
+
+// The status tells the node agent whether this host may reboot (reboot: auto) and whether its
+// maintenance window is open (and when it opens): the node agent takes the reboot lock only then.
+func TestStatusRebootAndWindow(t *testing.T) {
+	at := func(h, m int) time.Time { return time.Date(2026, 5, 1, h, m, 0, 0, time.UTC) }
+	for _, tc := range []struct {
+		name       string
+		autoReboot bool
+		window     string
+		now        time.Time
+		want       string // the fields in the status's JSON
+	}{
+		{"reboot never, before the window", false, "02:00-04:00", at(1, 0), `"rebootAllowed":false,"windowOpen":false,"windowOpensIn":3600}`},
+		{"reboot auto, in the window", true, "02:00-04:00", at(2, 30), `"rebootAllowed":true,"windowOpen":true}`},
+		{"after the window", true, "02:00-04:00", at(4, 0), `"rebootAllowed":true,"windowOpen":false,"windowOpensIn":79200}`},
+		{"over midnight", true, "22:00-02:00", at(1, 59), `"rebootAllowed":true,"windowOpen":true}`},
+		{"no window", true, "", at(12, 0), `"rebootAllowed":true,"windowOpen":true}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeAgent()
+			_, c, _ := serve(t, f, f.boot, func(s *Server) {
+				s.AutoReboot, s.MaintenanceWindow = tc.autoReboot, tc.window
+				s.Now = func() time.Time { return tc.now }
+			})
+			st, err := c.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := json.Marshal(st)
+			if !strings.HasSuffix(string(b), tc.want) {
+				t.Errorf("status %s\nwant it to end with %s", b, tc.want)
 			}
 		})
 	}

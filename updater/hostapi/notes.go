@@ -16,12 +16,14 @@ import (
 const NotesFile = "cluster.json"
 
 // Notes is what the daemon remembers for cluster rollouts across its restarts and reboots: why
-// versions went bad (the state file only lists them), the health result of a boot, and whether a
-// node agent drives this host. Like the state file it is a record: lost, it only costs detail.
+// versions went bad (the state file only lists them), the health result of a boot, whether a node
+// agent drives this host, and the version a SUC job requested. Like the state file it is a record:
+// lost, it only costs detail (unreadable, the daemon assumes a node agent drives the host and does
+// not act on its own; a SUC job's next pod asks for its version again).
 type Notes struct {
 	// NodeAgent: a node agent asked to stage or switch; the daemon's own loop then never installs,
-	// switches or reboots (that happens under the cluster reboot lock). Removing the configuration's
-	// cluster section is the way back.
+	// switches or reboots, even with cluster.desiredFile (that happens under the cluster reboot lock).
+	// Removing the configuration's cluster section is the way back.
 	NodeAgent bool `json:"nodeAgent,omitempty"`
 	// Bad says why versions failed here.
 	Bad map[string]BadVersion `json:"bad,omitempty"`
@@ -29,6 +31,8 @@ type Notes struct {
 	Health *BootHealth `json:"health,omitempty"`
 	// Staged is the release last staged through the socket, as its TUF manifest describes it.
 	Staged *StagedRelease `json:"staged,omitempty"`
+	// Requested is the version a SUC job's install last asked for (Status.Requested).
+	Requested string `json:"requested,omitempty"`
 }
 
 // StagedRelease is what the daemon keeps of a staged release's manifest.

@@ -16,9 +16,11 @@
 //	switch  {version} -> switch the boot entry to the staged version (boot counting), no reboot
 //	reboot            -> ask for the reboot into the switched version; a second request while one is
 //	                     under way is absorbed
-//	install {version} -> stage, switch and reboot in one, in the background (a SUC job's request);
-//	                     when a node agent drives this host, only stage: the node agent switches and
-//	                     reboots under the cluster reboot lock
+//	install {version} -> a SUC job's request: record version as requested (status.requested) and
+//	                     stage it in the background; never a switch or a reboot. The node agent takes
+//	                     the requested version as the desired one when Git's ConfigMap names none, and
+//	                     switches and reboots under the cluster reboot lock (a ConfigMap naming
+//	                     another version wins: the job waits until its deadline)
 //	snapshot-etcd {version}
 //	                  -> save the K3s datastore before this server switches to version (Snapshot):
 //	                     `k3s etcd-snapshot save --name basalt-pre-<version>` with embedded etcd; with
@@ -26,7 +28,8 @@
 //
 // Status carries stagedK3s, the K3s version in the staged release's manifest (learned from TUF when
 // the release is staged through the socket, kept in the notes), which the node agent needs for its
-// K3s gates.
+// K3s gates, and what it needs before it takes the cluster reboot lock: rebootAllowed (reboot: auto)
+// and windowOpen (the host's maintenanceWindow; windowOpensIn seconds when closed).
 //
 // A refused or failed request answers OK false with an Error: a Code (CodeBusy: another step holds
 // the updater's lock, retry; CodeBadVersion, CodeDowngrade, CodeNotFound, ...) and the updater's
@@ -38,8 +41,12 @@
 // The socket is created mode 0600, owned by root, and the server also refuses a peer whose uid
 // (SO_PEERCRED) differs from its own. Who can write to it is root on the host already: the SUC job
 // (uid 0, no capabilities, the host's / at /host) and the node agent pod (root, the host's
-// /run/basalt mounted). What such a caller can do through the socket is bounded: ask to install,
-// stage or switch to a version by name, and reboot into a switched version. The daemon verifies
+// /run/basalt mounted). What such a caller can do through the socket is bounded: ask to install
+// (record and stage) or stage a version by name, switch to a staged version, and reboot into a
+// switched version. Only switch and reboot disrupt the node, and only the node agent sends them,
+// under Basalt's cluster reboot lock; a SUC job's install never switches or reboots, so Plans cannot
+// reboot two nodes at once (a root caller that sends switch and reboot itself bypasses the lock, as
+// it could by rebooting the host). The daemon verifies
 // everything through TUF as it always does (signed metadata, the manifest, every block's hash, the
 // slot's verity root hash, the UKI's hash and signature): it installs nothing but what the request
 // names AND what TUF serves for this device, refuses downgrades and versions that failed here, and
@@ -200,6 +207,19 @@ type Status struct {
 	NodeAgent bool `json:"nodeAgent,omitempty"`
 	// Busy names another basalt-updater holding the lock (the state shown is as last saved).
 	Busy string `json:"busy,omitempty"`
+	// Requested is the version a SUC job's install asked for (kept across restarts); "" when none was,
+	// or once a newer version runs. The node agent takes it as the desired version when Git's
+	// ConfigMap names none, and rolls it under the cluster reboot lock: the daemon only stages it.
+	Requested string `json:"requested,omitempty"`
+	// RebootAllowed says the daemon reboots on request (the configuration's reboot: auto, on a
+	// device): the node agent takes the cluster reboot lock only then, never to drain a node that
+	// would not reboot.
+	RebootAllowed bool `json:"rebootAllowed"`
+	// WindowOpen says the host's maintenance window is open now (always without a window); when it
+	// is closed, WindowOpensIn is how many seconds until it opens. The node agent takes the lock
+	// only within the window.
+	WindowOpen    bool  `json:"windowOpen"`
+	WindowOpensIn int64 `json:"windowOpensIn,omitempty"`
 }
 
 // SUC returns what a SUC job asking for version needs of the status (sucjob.Decide's input).

@@ -21,6 +21,7 @@ import (
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/images/k3s"
 	"github.com/basalt-os/basalt/updater/agent"
+	"github.com/basalt-os/basalt/updater/config"
 	"github.com/basalt-os/basalt/updater/install"
 	"github.com/basalt-os/basalt/updater/state"
 	"github.com/basalt-os/basalt/updater/tufclient"
@@ -48,9 +49,13 @@ type Server struct {
 	Notes *Store
 	// Channel is the channel the device follows; a request naming another is refused.
 	Channel string
-	// AutoReboot lets an install request reboot after the switch (the configuration's reboot: auto).
+	// AutoReboot says the backend reboots on request (the configuration's reboot: auto, on a device);
+	// Status reports it as RebootAllowed.
 	AutoReboot bool
-	Log        *slog.Logger
+	// MaintenanceWindow is the configuration's maintenanceWindow ("HH:MM-HH:MM" UTC; "": always
+	// open), which Status reports for the node agent.
+	MaintenanceWindow string
+	Log               *slog.Logger
 	// BootID returns the kernel's ID of this boot (nil: /proc/sys/kernel/random/boot_id).
 	BootID func() string
 	// K3sRecord is the booted image's K3s record ("": k3s.RecordPath).
@@ -108,20 +113,25 @@ func (s *Server) bootID() string {
 }
 
 // NodeAgent reports whether a node agent drives this host (it asked to stage or switch, now or before
-// a restart): the daemon's own loop then leaves installs, switches and reboots to it.
+// a restart): the daemon's own loop then leaves installs, switches and reboots to it. Notes that
+// cannot be read count as yes (one may): the daemon then does not act on its own.
 func (s *Server) NodeAgent() bool {
 	if s.Notes == nil {
 		return false
 	}
 	n, err := s.Notes.Load()
 	if err != nil {
-		s.log().Warn("cluster notes unreadable", "err", err)
+		s.log().Warn("cluster notes unreadable; assuming a node agent drives this host", "err", err)
+		return true
 	}
 	return n.NodeAgent
 }
 
 func (s *Server) markNodeAgent() {
-	if s.Notes == nil || s.NodeAgent() {
+	if s.Notes == nil {
+		return
+	}
+	if n, err := s.Notes.Load(); err == nil && n.NodeAgent {
 		return
 	}
 	s.log().Info("a node agent drives this host: the daemon installs, switches and reboots only when asked")
@@ -147,7 +157,18 @@ func (s *Server) Status(ctx context.Context) (*Status, error) {
 	}
 	boot := s.bootID()
 	st := &Status{BootedVersion: ast.Running, BootID: boot, Trying: ast.State.Phase == state.Trying,
-		Bad: map[string]BadVersion{}, Health: HealthNone, K3sVersion: s.k3sVersion(), NodeAgent: notes.NodeAgent, Busy: ast.Busy}
+		Bad: map[string]BadVersion{}, Health: HealthNone, K3sVersion: s.k3sVersion(), NodeAgent: notes.NodeAgent, Busy: ast.Busy,
+		RebootAllowed: s.AutoReboot}
+	if r := notes.Requested; r != "" && images.CompareVersions(r, ast.Running) >= 0 {
+		st.Requested = r
+	}
+	win := &config.Config{MaintenanceWindow: s.MaintenanceWindow}
+	now := s.now()
+	st.WindowOpen = win.InWindow(now)
+	if !st.WindowOpen {
+		until, _ := win.NextWindow(now)
+		st.WindowOpensIn = int64(until.Round(time.Second) / time.Second)
+	}
 	for _, name := range ast.Entries {
 		if e, err := sdboot.ParseEntry(name); err == nil && e.Name == s.Name && e.Version == ast.Running {
 			st.Blessed = e.Blessed()
@@ -331,13 +352,15 @@ func refuse(st *Status, version string) error {
 	return nil
 }
 
-// start answers stage and install: checks, then the work in the background.
+// start answers stage and install: checks, then the staging in the background. Neither switches nor
+// reboots: an install (a SUC job's request) is also recorded as the requested version, which the node
+// agent rolls under the cluster reboot lock.
 func (s *Server) start(ctx context.Context, op Op, version string) (string, error) {
 	if j := s.running(); j != nil {
-		if j.version == version && (j.op == op || j.op == OpInstall) {
-			return fmt.Sprintf("%s %s is under way", j.op, version), nil
+		if j.version != version {
+			return "", fmt.Errorf("%w: %s %s is under way", agent.ErrBusy, j.op, j.version)
 		}
-		return "", fmt.Errorf("%w: %s %s is under way", agent.ErrBusy, j.op, j.version)
+		return s.accepted(op, version, fmt.Sprintf("%s %s is under way", j.op, version))
 	}
 	st, err := s.Status(ctx)
 	if err != nil {
@@ -345,7 +368,7 @@ func (s *Server) start(ctx context.Context, op Op, version string) (string, erro
 	}
 	if op == OpInstall && st.BootedVersion == version {
 		if _, bad := st.Bad[version]; !bad {
-			return fmt.Sprintf("%s runs already", version), nil
+			return s.accepted(op, version, fmt.Sprintf("%s runs already", version))
 		}
 	}
 	if err := refuse(st, version); err != nil {
@@ -354,10 +377,10 @@ func (s *Server) start(ctx context.Context, op Op, version string) (string, erro
 	switch {
 	case st.Staged.Version == version && st.Staged.State == StageSwitched:
 		s.learnRelease(ctx, version)
-		return fmt.Sprintf("%s is switched; the next boot tries it", version), nil
-	case st.Staged.Version == version && st.Staged.State == StageStaged && (op == OpStage || st.NodeAgent):
+		return s.accepted(op, version, fmt.Sprintf("%s is switched; the next boot tries it", version))
+	case st.Staged.Version == version && st.Staged.State == StageStaged:
 		s.learnRelease(ctx, version)
-		return fmt.Sprintf("%s is staged", version), nil
+		return s.accepted(op, version, fmt.Sprintf("%s is staged", version))
 	}
 	// TUF must serve exactly this version for this device before a byte moves.
 	rel, err := s.Backend.Check(ctx, version)
@@ -381,30 +404,28 @@ func (s *Server) start(ctx context.Context, op Op, version string) (string, erro
 			s.log().Error(string(j.op)+" failed", "version", j.version, "class", agent.ErrorClass(err), "err", err)
 		}
 	}()
-	if op == OpInstall && !st.NodeAgent {
-		return fmt.Sprintf("installing %s: stage, switch and reboot", version), nil
-	}
-	return fmt.Sprintf("staging %s", version), nil
+	return s.accepted(op, version, fmt.Sprintf("staging %s", version))
 }
 
-// run is a background job: stage; for an install without a node agent also switch and reboot.
+// accepted records an accepted install's version as requested and completes its message.
+func (s *Server) accepted(op Op, version, msg string) (string, error) {
+	if op != OpInstall {
+		return msg, nil
+	}
+	if s.Notes != nil {
+		if err := s.Notes.Update(func(n *Notes) { n.Requested = version }); err != nil {
+			return "", fmt.Errorf("record the requested version %s: %w", version, err)
+		}
+	}
+	return msg + "; the node agent switches and reboots under the cluster reboot lock", nil
+}
+
+// run is a background job: stage (never a switch or a reboot).
 func (s *Server) run(ctx context.Context, j *job) error {
 	if _, err := s.Backend.Stage(ctx, j.version); err != nil {
 		return fmt.Errorf("stage %s: %w", j.version, err)
 	}
-	if j.op != OpInstall || s.NodeAgent() {
-		return nil
-	}
-	if _, err := s.Backend.SwitchStaged(ctx, j.version); err != nil {
-		return fmt.Errorf("switch to %s: %w", j.version, err)
-	}
-	if !s.AutoReboot {
-		s.log().Info("switched; reboot: never leaves the reboot to the operator", "version", j.version)
-		return nil
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requestReboot(ctx)
+	return nil
 }
 
 // recordRelease keeps what the node agent needs of the release's manifest (its K3s version) in the

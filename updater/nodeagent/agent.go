@@ -4,6 +4,12 @@
 // result as the BasaltOSUpdate Node condition, the basalt.io/os-version and basalt.io/k3s-version
 // labels, and events.
 //
+// The desired version is the ConfigMap's; when the ConfigMap names none (or does not exist) and a
+// system-upgrade-controller job asked the host for a version (HostStatus.Requested), that version
+// is the desired one, and it rolls under the cluster reboot lock like any other. The host's own
+// gates hold too: a host whose updater.yaml says reboot: never stages but never takes the lock, and
+// one outside its maintenance window waits for it.
+//
 // The agent keeps no decision of its own: every Step observes afresh, so a restarted agent (a new
 // pod, a reboot) simply carries on from what the cluster and the host show. Its only memory is the
 // drain of the current attempt (found again by running it once more) and the events already posted
@@ -16,7 +22,8 @@
 // there is no Lease yet); a conflict drops the decision, and the next Step observes again. Cordons
 // record basalt.io/cordoned-by, and only a cordon carrying this agent's identity is ever lifted. A
 // drain evicts through policy/v1 Eviction, so PodDisruptionBudgets are respected; it never deletes or
-// forces. Nothing here depends on client-go.
+// forces, and it evicts a pod no controller recreates, or one with emptyDir data, only with the
+// operator's opt-in (Config). Nothing here depends on client-go.
 package nodeagent
 
 import (
@@ -72,6 +79,14 @@ type HostStatus struct {
 	Health    rollout.Health
 	Failure   rollout.Failure
 	Bad       []string // versions that failed here: never staged or tried again automatically
+	// Requested is the version a system-upgrade-controller job asked this host to install; the
+	// agent takes it as the desired version when the ConfigMap names none (the ConfigMap, when it
+	// names a version, wins).
+	Requested string
+	// RebootNever: the host's updater.yaml says reboot: never (the daemon does not reboot on request).
+	RebootNever bool
+	// WindowClosed: the host's maintenance window (updater.yaml) is closed now.
+	WindowClosed bool
 }
 
 // Clock is the agent's time: Now for decisions and records, After for Run's waits.
@@ -98,6 +113,12 @@ type Config struct {
 	Window func(now time.Time) rollout.Window
 	// Gates runs the user gates before the lock is taken (e.g. a Longhorn health command); nil: none.
 	Gates func(ctx context.Context) []rollout.GateResult
+	// EvictBarePods lets a drain evict pods that no controller recreates (kubectl drain's --force):
+	// they are gone for good. Without it such a pod blocks the drain (DrainBlocked, naming it).
+	EvictBarePods bool
+	// DeleteEmptyDirData lets a drain evict pods with emptyDir volumes, whose data is lost (kubectl
+	// drain's --delete-emptydir-data). Without it such a pod blocks the drain.
+	DeleteEmptyDirData bool
 }
 
 // Defaults for zero Config fields.
@@ -248,6 +269,12 @@ func (a *Agent) observe(ctx context.Context) (*observed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node agent: host status: %w", err)
 	}
+	if desired.Version == "" && hs.Requested != "" {
+		// A system-upgrade-controller job asked the host for this version (hostapi's requested): with
+		// no version from Git it is the desired one, rolled under the lock like any other. A version
+		// the ConfigMap names wins.
+		desired.Version = hs.Requested
+	}
 	if desired.Version != "" && hs.Staged.Version == desired.Version {
 		desired.K3s = hs.StagedK3s
 	}
@@ -269,6 +296,7 @@ func (a *Agent) observe(ctx context.Context) (*observed, error) {
 			Name: a.NodeName, Identity: id, Role: self.Role, EtcdMember: self.EtcdMember,
 			BootID: hs.BootID, Booted: hs.Booted, K3s: hs.K3s, Staged: hs.Staged, Health: hs.Health,
 			Failure: hs.Failure, Bad: hs.Bad, Hold: self.Hold, Cordoned: o.node.Spec.Unschedulable,
+			RebootNever: hs.RebootNever, HostWindowClosed: hs.WindowClosed,
 			CordonedByUs: o.node.Annotations[rollout.AnnotationCordonedBy] == id,
 			Condition:    nodeCondition(o.node),
 		},

@@ -7,6 +7,7 @@ package nodeagent
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,7 +77,7 @@ func TestLeaseRoundTrip(t *testing.T) {
 	if _, _, err := LeaseFromKube(&kube.Lease{Spec: kube.LeaseSpec{}, ObjectMeta: kube.ObjectMeta{Annotations: map[string]string{rebootlock.AnnotationSince: "yesterday"}}}); err == nil {
 		t.Error("an unreadable since was accepted")
 	}
-	if l, _, err := LeaseFromKube(&kube.Lease{ObjectMeta: kube.ObjectMeta{Annotations: map[string]string{rebootlock.AnnotationHalt: "{", rebootlock.AnnotationVersion: newV}}}); err != nil || l.Halt == nil || l.Halt.Version != newV {
+	if l, _, err := LeaseFromKube(&kube.Lease{ObjectMeta: kube.ObjectMeta{Annotations: map[string]string{rebootlock.AnnotationHalt: "{", rebootlock.AnnotationVersion: newV}}}); err != nil || l.Halt == nil || l.Halt.Version != rebootlock.UnreadableHaltVersion {
 		t.Errorf("an unreadable halt record must still halt, without failing the step: %+v %v", l.Halt, err)
 	}
 	// The rollout machine and the lock's encoding name the same Lease.
@@ -85,21 +86,46 @@ func TestLeaseRoundTrip(t *testing.T) {
 	}
 }
 
-func TestEvictable(t *testing.T) {
+// TestDrainVerdict: what a drain does with each pod. It leaves what kubectl drain leaves (DaemonSet
+// and mirror pods) and a system-upgrade-controller job's pods; it refuses, without the operator's
+// opt-in, what kubectl drain refuses without --force or --delete-emptydir-data (a pod no controller
+// recreates, emptyDir data), naming the pod and the flag; a finished pod is evicted (it runs nothing).
+func TestDrainVerdict(t *testing.T) {
 	yes, no := true, false
+	meta := func(owners ...kube.OwnerReference) kube.ObjectMeta {
+		return kube.ObjectMeta{Namespace: "shop", Name: "p", OwnerReferences: owners}
+	}
+	rs := kube.OwnerReference{Kind: "ReplicaSet", Name: "web", Controller: &yes}
 	for _, tc := range []struct {
-		name string
-		pod  kube.Pod
-		want bool
+		name      string
+		pod       kube.Pod
+		emptyDirs []string
+		cfg       Config
+		want      podVerdict
+		why       []string
 	}{
-		{"bare", kube.Pod{}, true},
-		{"replicaset", kube.Pod{ObjectMeta: kube.ObjectMeta{OwnerReferences: []kube.OwnerReference{{Kind: "ReplicaSet", Controller: &yes}}}}, true},
-		{"daemonset", kube.Pod{ObjectMeta: kube.ObjectMeta{OwnerReferences: []kube.OwnerReference{{Kind: "DaemonSet", Controller: &yes}}}}, false},
-		{"daemonset, not controller", kube.Pod{ObjectMeta: kube.ObjectMeta{OwnerReferences: []kube.OwnerReference{{Kind: "DaemonSet", Controller: &no}}}}, true},
-		{"mirror", kube.Pod{ObjectMeta: kube.ObjectMeta{Annotations: map[string]string{AnnotationMirrorPod: "x"}}}, false},
+		{"replicaset", kube.Pod{ObjectMeta: meta(rs)}, nil, Config{}, evictPod, nil},
+		{"daemonset", kube.Pod{ObjectMeta: meta(kube.OwnerReference{Kind: "DaemonSet", Controller: &yes})}, nil, Config{}, leavePod, nil},
+		{"mirror", kube.Pod{ObjectMeta: kube.ObjectMeta{Annotations: map[string]string{AnnotationMirrorPod: "x"}}}, nil, Config{}, leavePod, nil},
+		{"suc job pod", kube.Pod{ObjectMeta: kube.ObjectMeta{Labels: map[string]string{LabelSUCPlan: "basalt"},
+			OwnerReferences: []kube.OwnerReference{{Kind: "Job", Controller: &yes}}}}, nil, Config{}, leavePod, nil},
+		{"bare", kube.Pod{ObjectMeta: meta()}, nil, Config{}, blockPod, []string{"shop/p", "no controller", "--evict-bare-pods"}},
+		{"owned, not by a controller", kube.Pod{ObjectMeta: meta(kube.OwnerReference{Kind: "ReplicaSet", Controller: &no})}, nil, Config{}, blockPod, []string{"no controller"}},
+		{"daemonset, not controller", kube.Pod{ObjectMeta: meta(kube.OwnerReference{Kind: "DaemonSet", Controller: &no})}, nil, Config{}, blockPod, nil},
+		{"bare, opted in", kube.Pod{ObjectMeta: meta()}, nil, Config{EvictBarePods: true}, evictPod, nil},
+		{"emptyDir", kube.Pod{ObjectMeta: meta(rs)}, []string{"scratch"}, Config{}, blockPod, []string{"shop/p", "emptyDir", "scratch", "--delete-emptydir-data"}},
+		{"emptyDir, opted in", kube.Pod{ObjectMeta: meta(rs)}, []string{"scratch"}, Config{DeleteEmptyDirData: true}, evictPod, nil},
+		{"bare with emptyDir, one opt-in", kube.Pod{ObjectMeta: meta()}, []string{"scratch"}, Config{EvictBarePods: true}, blockPod, []string{"--delete-emptydir-data"}},
+		{"bare, finished", kube.Pod{ObjectMeta: meta(), Status: kube.PodStatus{Phase: "Succeeded"}}, []string{"scratch"}, Config{}, evictPod, nil},
 	} {
-		if got := Evictable(&tc.pod); got != tc.want {
-			t.Errorf("%s: Evictable = %v, want %v", tc.name, got, tc.want)
+		got, why := drainVerdict(&tc.pod, tc.emptyDirs, tc.cfg)
+		if got != tc.want {
+			t.Errorf("%s: verdict %v (%q), want %v", tc.name, got, why, tc.want)
+		}
+		for _, w := range tc.why {
+			if !strings.Contains(why, w) {
+				t.Errorf("%s: why %q lacks %q", tc.name, why, w)
+			}
 		}
 	}
 }

@@ -41,7 +41,8 @@ func (h *HostClient) Status(ctx context.Context) (HostStatus, error) {
 func hostStatus(st *hostapi.Status) HostStatus {
 	out := HostStatus{
 		BootID: st.BootID, Booted: st.BootedVersion, K3s: st.K3sVersion, StagedK3s: st.StagedK3s,
-		Staged: rollout.Slot{Version: st.Staged.Version, Error: st.Staged.Error, FailedAt: st.Staged.FailedAt},
+		Staged:    rollout.Slot{Version: st.Staged.Version, Error: st.Staged.Error, FailedAt: st.Staged.FailedAt},
+		Requested: st.Requested, RebootNever: !st.RebootAllowed, WindowClosed: !st.WindowOpen,
 	}
 	switch st.Staged.State {
 	case hostapi.StageStaging:

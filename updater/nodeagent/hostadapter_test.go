@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/updater/agent"
@@ -108,10 +109,26 @@ func TestHostClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// No reboot: auto (AutoReboot unset) reads as reboot: never; no window is always open.
 	want := HostStatus{BootID: "boot-1", Booted: "1.3.0", Bad: []string{"1.2.5", "1.3.0-rc.1"},
-		Failure: rollout.Failure{Version: "1.3.0-rc.1", Check: "k3s: node", Reason: "not Ready"}}
+		Failure: rollout.Failure{Version: "1.3.0-rc.1", Check: "k3s: node", Reason: "not Ready"}, RebootNever: true}
 	if !equalStatus(st, want) {
 		t.Fatalf("status\n %+v\nwant\n %+v", st, want)
+	}
+	// reboot: auto, outside the window, a SUC job's request: all three reach the rollout.
+	srv.AutoReboot, srv.MaintenanceWindow = true, "03:00-04:00"
+	srv.Now = func() time.Time { return time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC) }
+	if err := srv.Notes.Update(func(n *hostapi.Notes) { n.Requested = "1.4.0" }); err != nil {
+		t.Fatal(err)
+	}
+	st, err = h.Status(ctx)
+	want.RebootNever, want.WindowClosed, want.Requested = false, true, "1.4.0"
+	if err != nil || !equalStatus(st, want) {
+		t.Fatalf("status\n %+v (%v)\nwant\n %+v", st, err, want)
+	}
+	srv.MaintenanceWindow = ""
+	if err := srv.Notes.Update(func(n *hostapi.Notes) { n.Requested = "" }); err != nil {
+		t.Fatal(err)
 	}
 	if err := h.SnapshotEtcd(ctx); err == nil {
 		t.Error("a snapshot with nothing staged")
@@ -171,5 +188,6 @@ func TestHostClient(t *testing.T) {
 
 func equalStatus(a, b HostStatus) bool {
 	return a.BootID == b.BootID && a.Booted == b.Booted && a.K3s == b.K3s && a.Staged == b.Staged && a.StagedK3s == b.StagedK3s &&
-		a.Health == b.Health && a.Failure == b.Failure && slices.Equal(a.Bad, b.Bad)
+		a.Health == b.Health && a.Failure == b.Failure && slices.Equal(a.Bad, b.Bad) &&
+		a.Requested == b.Requested && a.RebootNever == b.RebootNever && a.WindowClosed == b.WindowClosed
 }

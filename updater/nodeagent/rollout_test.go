@@ -279,9 +279,9 @@ func TestRolloutDrainBlockedByPDB(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 1, 2, false)
 	web := map[string]string{"app": "web"}
-	c.seedPod("shop", "web-1", "a1", web, nil, nil)
-	c.seedPod("shop", "web-2", "a1", web, nil, nil)
-	c.seedPod("shop", "cache-1", "a2", nil, nil, nil)
+	c.seedPod("shop", "web-1", "a1", web, rsOwner("web"), nil)
+	c.seedPod("shop", "web-2", "a1", web, rsOwner("web"), nil)
+	c.seedPod("shop", "cache-1", "a2", nil, rsOwner("cache"), nil)
 	two := 2
 	c.srv.AddPDB(fakekube.PDB{Namespace: "shop", Name: "web-pdb", MatchLabels: web, MinAvailable: &two})
 

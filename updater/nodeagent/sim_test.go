@@ -37,7 +37,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/basalt-os/basalt/images"
 	"github.com/basalt-os/basalt/internal/fakekube"
 	"github.com/basalt-os/basalt/internal/kube"
 	"github.com/basalt-os/basalt/updater/rollout"
@@ -117,9 +119,13 @@ type simHost struct {
 	bad                  []string
 	shutting, rollback   bool // a reboot is under way; it is the host's own rollback
 	down, dead           bool
-	failOn               map[string]bool // versions whose health checks fail here
+	failOn               map[string]bool // versions whose health checks fail here (a trial: bad; else: retried)
+	checkRuns            int             // failed health runs outside a trial (no verdict)
 	neverReturn          bool            // a reboot into a new version never comes back
 	holdReboot, holdLeft int             // ticks a requested reboot stays pending
+	requested            string          // the version a system-upgrade-controller job asked for (hostapi's requested)
+	rebootNever          bool            // updater.yaml says reboot: never
+	windowClosed         bool            // the host's maintenance window is closed
 
 	rebootRequests int            // Reboot calls
 	reboots        map[string]int // reboots into each switched version that happened
@@ -140,7 +146,10 @@ func (h *simHost) Status(ctx context.Context) (HostStatus, error) {
 		return HostStatus{}, fmt.Errorf("host %s: %w", h.name, errHostDown)
 	}
 	st := HostStatus{BootID: h.bootID(), Booted: h.booted, K3s: h.k3s, Staged: h.staged, Health: h.health,
-		Failure: h.failure, Bad: slices.Clone(h.bad)}
+		Failure: h.failure, Bad: slices.Clone(h.bad), RebootNever: h.rebootNever, WindowClosed: h.windowClosed}
+	if h.requested != "" && images.CompareVersions(h.requested, h.booted) >= 0 {
+		st.Requested = h.requested // as the daemon: no longer once a newer version runs
+	}
 	if h.staged.Version != "" {
 		st.StagedK3s = k3sOf[h.staged.Version]
 	}
@@ -175,6 +184,9 @@ func (h *simHost) Switch(ctx context.Context, version string) error {
 func (h *simHost) Reboot(ctx context.Context) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.rebootNever {
+		return fmt.Errorf("host %s: reboot: never in updater.yaml: refusing to reboot", h.name)
+	}
 	h.rebootRequests++
 	if !h.shutting {
 		h.shutting, h.holdLeft = true, h.holdReboot
@@ -190,8 +202,9 @@ func (h *simHost) SnapshotEtcd(ctx context.Context) error {
 }
 
 // tick moves the host one step: staging ends, a pending reboot happens, the machine boots, the
-// health checks end (a failure marks the version bad and rolls back by itself). It says whether the
-// machine went down or came up.
+// health checks of this boot run. On trial, a failure marks the version bad and rolls back by itself;
+// outside a trial (after the rollback) health is reported only once the checks pass, as the daemon
+// does. It says whether the machine went down or came up.
 func (h *simHost) tick() (wentDown, cameUp bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -227,6 +240,10 @@ func (h *simHost) tick() (wentDown, cameUp bool) {
 		h.bad = append(h.bad, h.trying)
 		h.staged = rollout.Slot{Version: h.trying, Status: rollout.StageFailed, Error: "rolled back"}
 		h.shutting, h.rollback = true, true
+	case h.health == rollout.HealthNone && h.trying == "" && h.failOn[h.booted]:
+		// Not on trial (the boot after a rollback): the daemon runs the checks and reports this boot's
+		// health only once they pass; a failure is no verdict, it is retried, and health stays none.
+		h.checkRuns++
 	case h.health == rollout.HealthNone:
 		if h.trying != "" { // blessed
 			h.prevGood, h.trying, h.staged = h.booted, "", rollout.Slot{}
@@ -339,20 +356,24 @@ func (l *leaseLog) history() []leaseWrite {
 func (l *leaseLog) check(t *testing.T) {
 	t.Helper()
 	prevRV, prevHolder, prevNode := "", "", ""
+	var prev leaseWrite
 	for i, w := range l.history() {
+		// Another node (or an operator) may write a held lock only to add or clear the halt record,
+		// the holder's attempt kept exactly.
+		haltOnly := w.holder == prev.holder && w.node == prev.node && w.version == prev.version && w.phase == prev.phase && w.since.Equal(prev.since)
 		switch {
 		case w.create && i > 0:
 			t.Fatalf("lease write %d by %s: a second create", i, w.by)
-		case !w.create && w.precond != prevRV:
+		case !w.create && w.precond != prevRV && i > 0: // a first update: of a Lease the test seeded
 			t.Fatalf("lease write %d by %s: conditioned on resourceVersion %q, but the previous write stored %q", i, w.by, w.precond, prevRV)
 		case prevHolder != "" && w.holder != "" && w.holder != prevHolder:
 			t.Fatalf("lease write %d by %s: holder %s replaced by %s: two lock holders", i, w.by, prevHolder, w.holder)
 		case prevHolder != "" && w.holder != prevHolder && w.by != prevNode:
 			t.Fatalf("lease write %d: %s released the lock held by %s", i, w.by, prevNode)
-		case w.holder != "" && w.by != w.node:
+		case w.holder != "" && w.by != w.node && !haltOnly:
 			t.Fatalf("lease write %d: %s wrote a lock held by %s", i, w.by, w.node)
 		}
-		prevRV, prevHolder, prevNode = strconv.FormatUint(w.rv, 10), w.holder, w.node
+		prevRV, prevHolder, prevNode, prev = strconv.FormatUint(w.rv, 10), w.holder, w.node, w
 	}
 }
 
@@ -511,6 +532,22 @@ func (c *cluster) kubelet(n *simNode, ready bool) {
 		node.Status.NodeInfo.BootID, node.Status.NodeInfo.KubeletVersion = h.bootID(), h.k3s
 	}
 	c.srv.Put(fakekube.Nodes, &node)
+}
+
+// configure changes the agents' settings: of the running agents and of those started later.
+func (c *cluster) configure(f func(*Config)) {
+	f(&c.cfg)
+	for _, n := range c.nodes {
+		if n.agent != nil {
+			f(&n.agent.Config)
+		}
+	}
+}
+
+// rsOwner makes a pod a ReplicaSet's (a drain evicts it without any opt-in).
+func rsOwner(name string) []metav1.OwnerReference {
+	yes := true
+	return []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: name, UID: types.UID("rs-" + name), Controller: &yes}}
 }
 
 func (c *cluster) startAgent(n *simNode) {
@@ -684,9 +721,11 @@ func (c *cluster) events(reason string) []corev1.Event {
 	return out
 }
 
-// seedPods puts workloads on every node: a ReplicaSet's pod and a bare pod (evicted by a drain), a
-// DaemonSet's pod and a static pod's mirror (left alone).
+// seedPods puts workloads on every node: a ReplicaSet's pod and a bare pod (evicted by a drain, the
+// bare one because the agents are started with EvictBarePods), a DaemonSet's pod and a static pod's
+// mirror (left alone).
 func (c *cluster) seedPods() {
+	c.configure(func(cfg *Config) { cfg.EvictBarePods = true })
 	yes := true
 	for _, n := range c.nodes {
 		c.seedPod("shop", "web-"+n.name, n.name, map[string]string{"app": "web-" + n.name},

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/internal/rebootlock"
 )
 
 // Decide returns the next step for what o shows. It does no I/O and reads no clock (o.Now is the time).
@@ -67,7 +68,9 @@ func act(k ActionKind, format string, a ...any) Action {
 
 func (d *decider) other() (Action, Condition) {
 	o := d.o
-	if h := o.Lease.Halt; h != nil && (o.Resume || o.Desired.Version != "" && h.Version != o.Desired.Version) {
+	// An unreadable halt record (rebootlock.UnreadableHaltVersion) halts every version: only a resume
+	// clears it.
+	if h := o.Lease.Halt; h != nil && (o.Resume || o.Desired.Version != "" && h.Version != o.Desired.Version && !h.everyVersion()) {
 		why := fmt.Sprintf("the desired version is now %s", o.Desired.Version)
 		if o.Resume {
 			why = "`basalt gitops resume`"
@@ -79,7 +82,7 @@ func (d *decider) other() (Action, Condition) {
 		return Action{Kind: ClearHalt, Lease: &l, Reason: fmt.Sprintf("the halt of %s (node %s, check %s) is cleared: %s", h.Version, h.Node, h.Check, why)}, c
 	}
 	a, c := d.plan()
-	if o.Self.CordonedByUs {
+	if o.Self.CordonedByUs && a.Kind != RecordHalt {
 		// A cordon of ours without the lock was left by an interrupted attempt or a `basalt gitops unlock`
 		// (Kairos #4362): lift it, whatever else is to do.
 		return act(Uncordon, "node %s carries our cordon but we do not hold the reboot lock", o.Self.Name), c
@@ -95,6 +98,16 @@ func (d *decider) plan() (Action, Condition) {
 	case want == "":
 		return act(None, "no desired version"), Condition{Status: "Unknown", Reason: NoDesiredVersion,
 			Message: "Git names no version (ConfigMap basalt-system/basalt-desired or cluster.desiredFile)"}
+	case slices.Contains(s.Bad, want) && !l.Halt.halts(want) && !d.reported(want):
+		// The host tried want without this node holding the lock (after `basalt gitops unlock`, through
+		// cluster.desiredFile, or a system-upgrade-controller job) and it failed here: halt the fleet
+		// as a holder's rollback does. The write is a compare-and-swap of the observed lock with the
+		// halt added; whoever holds it keeps it (and stops before its switch).
+		check, reason := d.failure(want)
+		nl := l
+		nl.Halt = &Halt{Version: want, Node: s.Name, Check: check, Reason: reason}
+		return Action{Kind: RecordHalt, Lease: &nl, Reason: fmt.Sprintf("%s failed on node %s without the reboot lock (check %s: %s): halt the rollout", want, s.Name, check, reason)},
+			cond(RolledBack, "%s failed here (check %s: %s) and is not retried; the rollout is halted; running %s; Git must name another version", want, check, reason, s.Booted)
 	case s.Booted == want:
 		return act(None, "running the desired version %s", want), Condition{Status: "True", Reason: AtDesired, Message: "running " + want}
 	}
@@ -125,8 +138,12 @@ func (d *decider) plan() (Action, Condition) {
 	switch {
 	case s.Hold:
 		return act(Wait, "held"), cond(Staged, "%s is staged; held by the label %s=true: no cordon, drain or reboot", want, LabelHold)
-	case l.Halt != nil && l.Halt.Version == want:
+	case l.Halt.halts(want):
 		return act(Wait, "rollout halted"), cond(Halted, "%s", haltMessage(l.Halt))
+	case s.RebootNever:
+		return act(Wait, "the host never reboots for an update"), cond(Staged, "%s is staged; the host's updater.yaml says reboot: never, so this node never takes the reboot lock", want)
+	case s.HostWindowClosed:
+		return act(Wait, "outside the host's maintenance window"), cond(Staged, "%s is staged; waiting for the host's maintenance window (updater.yaml)", want)
 	case s.Condition.Reason == DrainBlocked && !d.retryDrain():
 		return act(Wait, "drain blocked; retry in the next window"), Condition{Status: "False", Reason: DrainBlocked, Message: s.Condition.Message}
 	case l.Holder != "":
@@ -283,11 +300,14 @@ func (d *decider) holder() (Action, Condition) {
 			return d.record(PhaseDrained, "", "%s is drained", s.Name), cond(Draining, "drained before the reboot into %s", v)
 		}
 		blocker := l.Message // what refused an eviction, recorded on the Lease: it survives restarts
-		if dr.State == DrainPDBBlocked {
+		switch dr.State {
+		case DrainPDBBlocked:
 			blocker = fmt.Sprintf("PodDisruptionBudget %s refuses an eviction", dr.PDB)
 			if dr.Message != "" {
 				blocker += " (" + dr.Message + ")"
 			}
+		case DrainPodBlocked:
+			blocker = dr.Message
 		}
 		deadline := l.Since.Add(d.cfg.DrainTimeout)
 		if !o.Now.Before(deadline) {
@@ -333,8 +353,10 @@ func (d *decider) abortReason() string {
 		return fmt.Sprintf("the node is held by the label %s=true", LabelHold)
 	case o.Desired.Version != l.Version:
 		return fmt.Sprintf("the desired version is now %q", o.Desired.Version)
-	case l.Halt != nil && l.Halt.Version == l.Version:
+	case l.Halt.halts(l.Version):
 		return "the rollout is halted: " + haltMessage(l.Halt)
+	case o.Self.RebootNever:
+		return "the host's updater.yaml says reboot: never"
 	}
 	return ""
 }
@@ -457,7 +479,25 @@ func drainID(l Lease) string {
 	return l.BootID + "@" + l.Since.UTC().Format(time.RFC3339)
 }
 
+// halts says whether h stops the rollout of v: a halt for v, or one that could not be read (which
+// stops every version).
+func (h *Halt) halts(v string) bool { return h != nil && (h.Version == v || h.everyVersion()) }
+
+// everyVersion says whether h stands in for a halt record that could not be read.
+func (h *Halt) everyVersion() bool { return h != nil && h.Version == rebootlock.UnreadableHaltVersion }
+
+// reported says whether this node's condition already tells that v failed here (published after the
+// halt was recorded, or after a holder's rollback), so that a halt cleared by `basalt gitops resume`
+// is not recorded again.
+func (d *decider) reported(v string) bool {
+	c := d.o.Self.Condition
+	return c.Reason == RolledBack && strings.HasPrefix(c.Message, v+" failed here")
+}
+
 func haltMessage(h *Halt) string {
+	if h.everyVersion() {
+		return fmt.Sprintf("the rollout is halted: the halt record on the reboot lock cannot be read (%s); every version is halted until `basalt gitops resume`", h.Reason)
+	}
 	return fmt.Sprintf("the rollout of %s is halted: it failed on node %s (check %s: %s); it resumes when Git names another version or on `basalt gitops resume`",
 		h.Version, h.Node, h.Check, h.Reason)
 }

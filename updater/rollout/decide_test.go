@@ -101,6 +101,7 @@ func TestDecide(t *testing.T) {
 		{"bad here: never staged again", obs("a1", with(func(o *Observation) {
 			o.Self.Staged, o.Self.Bad = Slot{}, []string{newV}
 			o.Self.Failure = Failure{Version: newV, Check: "k3s-node", Reason: "not Ready"}
+			o.Self.Condition = Condition{Reason: RolledBack, Message: newV + " failed here (check k3s-node: not Ready)"} // the halt was recorded (and resumed)
 		})), None, RolledBack, message("check k3s-node: not Ready")},
 		{"a halt naming this node counts as bad", obs("a1", with(func(o *Observation) {
 			o.Self.Staged = Slot{}

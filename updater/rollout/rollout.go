@@ -15,9 +15,15 @@
 //     and a human runs `basalt gitops unlock NODE`.
 //   - Gates before taking the lock: servers before agents, no agent above the oldest server's K3s minor,
 //     every other etcd member Ready before a server goes down, no 2-member embedded etcd, the maintenance
-//     window, user gates, no halt for the version.
+//     window (the agent's and the host's own), a host whose updater.yaml allows reboots, user gates, no
+//     halt for the version.
 //   - A failure (this node rolled back from V) writes a halt record on the Lease; no node takes the lock
 //     for V while it stands. It clears when the desired version changes or on `basalt gitops resume`.
+//     A node records it whether or not it held the lock: V may have failed here after a `basalt gitops
+//     unlock`, through cluster.desiredFile or a system-upgrade-controller job. It does so once per
+//     failure: its condition (RolledBack, "V failed here") tells that it reported it, so a resumed halt
+//     is not written again. A halt record that cannot be read (rebootlock.UnreadableHaltVersion) halts
+//     every version and clears on `basalt gitops resume` only.
 //
 // # Phases and restart safety
 //
@@ -55,7 +61,11 @@
 // holding the lock, and what makes concurrent ClearHalt writes harmless.
 package rollout
 
-import "time"
+import (
+	"time"
+
+	"github.com/basalt-os/basalt/internal/rebootlock"
+)
 
 // Names shared with the Kubernetes side.
 const (
@@ -164,7 +174,13 @@ type Self struct {
 	Failure    Failure  // the last failed try, if any
 	Bad        []string // versions that failed on this node: never staged or tried again automatically
 	Hold       bool     // label basalt.io/hold=true
-	Cordoned   bool     // spec.unschedulable
+	// RebootNever: the host's updater.yaml says `reboot: never`; the node stages but never takes the
+	// lock (its host would refuse the reboot).
+	RebootNever bool
+	// HostWindowClosed: the host waits for its own maintenance window (updater.yaml); the node stages
+	// but takes the lock only once the window is open.
+	HostWindowClosed bool
+	Cordoned         bool // spec.unschedulable
 	// CordonedByUs: the Node's basalt.io/cordoned-by annotation is Identity.
 	CordonedByUs bool
 	// Condition is the BasaltOSUpdate condition the Node shows now (zero if none).
@@ -187,6 +203,8 @@ type Node struct {
 }
 
 // Desired is the version Git names (ConfigMap basalt-system/basalt-desired, or cluster.desiredFile).
+// When the ConfigMap names none, the node agent passes the version a system-upgrade-controller job
+// asked the host for, if any; a version the ConfigMap names wins.
 type Desired struct {
 	Version string // "" = none
 	K3s     string // the K3s version in Version's TUF manifest ("" = not known: no K3s gate)
@@ -238,6 +256,9 @@ const (
 	DrainIdle       DrainState = ""
 	DrainRunning    DrainState = "running"
 	DrainPDBBlocked DrainState = "pdb-blocked" // an eviction is refused (429) because of PDB
+	// DrainPodBlocked: a pod may not be evicted without the operator's opt-in (a pod no controller
+	// recreates, emptyDir data); Message names it and why. Nothing is evicted while it stands.
+	DrainPodBlocked DrainState = "pod-blocked"
 	DrainDone       DrainState = "done"
 )
 
@@ -280,7 +301,7 @@ type Config struct {
 const (
 	DefaultDrainTimeout = 15 * time.Minute
 	DefaultDrainRetry   = time.Hour
-	DefaultStaleAfter   = 15 * time.Minute
+	DefaultStaleAfter   = rebootlock.DefaultStaleAfter // shared with `basalt gitops unlock`
 	DefaultStageRetry   = 5 * time.Minute
 )
 

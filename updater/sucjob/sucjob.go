@@ -3,8 +3,12 @@
 //
 // The job is only a trigger and a witness. It asks the host's basalt-updater daemon (over its socket,
 // which SUC's /host mount exposes) to install V, then reads the daemon's status until the outcome is
-// known; the daemon stages, drains, switches, reboots and verifies under Basalt's cluster reboot lock.
-// The job never reboots anything itself.
+// known. The daemon records V as requested and stages it, and never switches or reboots on the job's
+// request: the node agent (basalt-updater node-agent) takes the requested version as the desired one
+// when Git's ConfigMap names none, and drains, switches and reboots the node under Basalt's cluster
+// reboot lock, one node at a time across all Plans; the daemon verifies the new boot. Neither the job
+// nor the daemon on its behalf reboots anything. Without a node agent on the node, or while the
+// ConfigMap names another version, the job waits until SUC's deadline ends it (ExitRetry).
 //
 // The node's reboot kills the job's pod, and SUC starts another: every decision therefore depends
 // only on what the daemon reports now (booted version, boot ID, bless, V's record), never on what an
@@ -15,8 +19,9 @@
 //
 //	0  ExitDone     this boot runs V and V is blessed: the update is complete here (also for the pod
 //	                that restarts after the reboot, and for every later run: idempotent)
-//	1  ExitRetry    nothing is wrong with V, but the job could not finish: the daemon was unreachable
-//	                or the install stopped on a download or disk error; the next pod asks again
+//	1  ExitRetry    nothing is wrong with V, but the job could not finish: the daemon was unreachable,
+//	                the install stopped on a download or disk error, or the deadline ended the wait
+//	                for the node agent; the next pod asks again
 //	8  ExitRefused  the request is refused as asked: V is older than the booted version (no
 //	                downgrade), V is not a version, or the Plan's version and --version disagree
 //	11 ExitBad      V is bad on this node (its health checks failed and it was rolled back, or the
@@ -110,7 +115,7 @@ const (
 	PhaseNone Phase = ""
 	// PhaseStaging: being downloaded, written or verified into the inactive slot.
 	PhaseStaging Phase = "staging"
-	// PhaseStaged: verified in the inactive slot; waiting for the cluster reboot lock.
+	// PhaseStaged: verified in the inactive slot; waiting for the node agent and the cluster reboot lock.
 	PhaseStaged Phase = "staged"
 	// PhaseSwitched: the boot entry is switched to it (under the lock); the reboot is pending or done.
 	PhaseSwitched Phase = "switched"
@@ -218,7 +223,7 @@ func Decide(job *Job, version string, st Status) Result {
 	case PhaseStaging:
 		return wait(fmt.Sprintf("%s is being staged on %s", version, node))
 	case PhaseStaged:
-		return wait(fmt.Sprintf("%s is staged on %s; waiting for the cluster reboot lock", version, node))
+		return wait(fmt.Sprintf("%s is staged on %s; waiting for the node agent to roll %s under the cluster reboot lock", version, node, version))
 	case PhaseSwitched:
 		return wait(fmt.Sprintf("%s is switched on %s; waiting for the reboot", version, node))
 	case PhaseFailed:

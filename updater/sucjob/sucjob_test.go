@@ -97,6 +97,18 @@ func TestDecideAcrossReboot(t *testing.T) {
 	}
 }
 
+// The daemon only stages the job's version: the node agent switches and reboots it under the cluster
+// reboot lock (or never, while Git's ConfigMap names another version), so the job's waiting message
+// says who it waits for.
+func TestDecideWaitsForTheNodeAgent(t *testing.T) {
+	job, _ := Detect(sucEnv("p"), true)
+	r := Decide(job, "1.4.0", Status{"1.3.0", "boot-a", true, Record{Version: "1.4.0", Phase: PhaseStaged}})
+	want := "1.4.0 is staged on edge-1; waiting for the node agent to roll 1.4.0 under the cluster reboot lock"
+	if r.Action != Wait || r.Message != want {
+		t.Errorf("staged: %+v, want Wait with %q", r, want)
+	}
+}
+
 func TestDecideRefusesMisconfiguredRequests(t *testing.T) {
 	st := Status{"1.3.0", "boot-a", true, Record{}}
 	job, _ := Detect(sucEnv("p"), true)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/basalt-os/basalt/builder/gitops"
 	"github.com/basalt-os/basalt/internal/kube"
+	"github.com/basalt-os/basalt/internal/rebootlock"
 )
 
 // newGitopsClusterCmds are `basalt gitops status`, `unlock NODE` and `resume`: the operator's view of
@@ -90,6 +91,11 @@ refuses otherwise. The lock never expires by time: a holder that does not come b
 keeps it, and the other nodes' agents post RebootLockStale events. This is the way out, for a human who
 has looked at the node.
 
+unlock refuses while NODE may still be mid-attempt: while its Node is Ready, or NotReady (its Ready
+condition not True) for less than --stale-after, the same threshold after which the agents post
+RebootLockStale. A node object that is gone is released. --force releases anyway: another node may
+then take the lock and reboot while NODE is still down or still rebooting.
+
 The release is a compare-and-swap on the Lease's resourceVersion: if the lock changed since it was read
 (the node came back and moved on), nothing is written and unlock fails; look again and rerun it. The
 halt record, if any, stays (see resume). A Warning event RebootLockReleasedByHand on the Lease names who
@@ -98,7 +104,8 @@ released it.
 NODE may still reboot: unlock does not stop it. Another node may take the lock and reboot while NODE is
 down, and NODE's own cordon stays until its agent lifts it or you uncordon it.`,
 		Example: `  basalt gitops status
-  basalt gitops unlock agent-7`,
+  basalt gitops unlock agent-7
+  basalt gitops unlock agent-7 --force   # agent-7 is Ready but stuck, and you accept the risk`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
 				return usageError{fmt.Errorf("gitops unlock: name the node that holds the lock: %w", err)}
@@ -107,13 +114,19 @@ down, and NODE's own cordon stays until its agent lifts it or you uncordon it.`,
 		},
 	}
 	connect := kubeconfigFlag(cmd)
+	var opts gitops.UnlockOptions
+	cmd.Flags().BoolVar(&opts.Force, "force", false, "release the lock even if NODE is Ready or has not been NotReady for --stale-after")
+	cmd.Flags().DurationVar(&opts.StaleAfter, "stale-after", rebootlock.DefaultStaleAfter, "how long NODE must have been NotReady (or be gone) before its lock is released without --force")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if opts.StaleAfter <= 0 {
+			return usageError{fmt.Errorf("gitops unlock: --stale-after %s: want a positive duration", opts.StaleAfter)}
+		}
 		c, err := connect()
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		res, err := gitops.Unlock(cmd.Context(), c, args[0], operator())
+		res, err := gitops.Unlock(cmd.Context(), c, args[0], operator(), opts)
 		if err != nil {
 			return fmt.Errorf("gitops %w", err)
 		}
@@ -153,7 +166,11 @@ resumed.`,
 			fmt.Fprintln(cmd.OutOrStdout(), "no halt record: the rollout is not halted, nothing to resume")
 			return nil
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "cleared the halt: %s\n", res.Cleared)
+		if res.Cleared.Unreadable() {
+			fmt.Fprintf(cmd.OutOrStdout(), "cleared a halt record that could not be read (%s)\n", res.Cleared.Reason)
+		} else {
+			fmt.Fprintf(cmd.OutOrStdout(), "cleared the halt: %s\n", res.Cleared)
+		}
 		printWarnings(cmd, res.Warnings)
 		return nil
 	}
