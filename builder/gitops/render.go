@@ -43,11 +43,11 @@ const (
 	LabelHold = "basalt.io/hold"
 )
 
-// What the job runs (updater/sucjob reads it on the node).
+// What the job runs (updater/sucjob reads the same names from images on the node).
 const (
-	UpdaterCommand = "basalt-updater"
+	UpdaterCommand = images.UpdaterCommand
 	// UpdaterSocket is the host daemon's socket as the job sees it: SUC mounts the host's / at /host.
-	UpdaterSocket = "/host/run/basalt/updater.sock"
+	UpdaterSocket = images.SUCHostRoot + images.UpdaterSocket
 )
 
 // Options says what Plan to render.

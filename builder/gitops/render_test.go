@@ -5,14 +5,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
-	"github.com/basalt-os/basalt/updater/sucjob"
+	"github.com/basalt-os/basalt/internal/testtool"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/gitops")
@@ -90,7 +86,7 @@ func TestPlanContent(t *testing.T) {
 	if s.Version != "1.4.0" || s.Upgrade.Image != goldenOpts.UpdaterImage {
 		t.Errorf("version %q image %q", s.Version, s.Upgrade.Image)
 	}
-	wantCmd := []string{sucjob.Command, "install", "--version", "1.4.0", "--socket", sucjob.Socket}
+	wantCmd := []string{"basalt-updater", "install", "--version", "1.4.0", "--socket", "/host/run/basalt/updater.sock"}
 	if got := append(slices.Clone(s.Upgrade.Command), s.Upgrade.Args...); !slices.Equal(got, wantCmd) {
 		t.Errorf("job runs %q, want %q", got, wantCmd)
 	}
@@ -111,10 +107,10 @@ func TestPlanContent(t *testing.T) {
 	}
 }
 
-// The job's socket and command agree with what updater/sucjob expects on the node.
+// The job's socket is the host daemon's, under the host's / where SUC mounts it.
 func TestJobContract(t *testing.T) {
-	if UpdaterSocket != sucjob.Socket || UpdaterCommand != sucjob.Command {
-		t.Errorf("gitops runs %s --socket %s, sucjob expects %s --socket %s", UpdaterCommand, UpdaterSocket, sucjob.Command, sucjob.Socket)
+	if UpdaterSocket != "/host/run/basalt/updater.sock" || UpdaterCommand != "basalt-updater" {
+		t.Errorf("gitops runs %s --socket %s", UpdaterCommand, UpdaterSocket)
 	}
 }
 
@@ -230,27 +226,11 @@ func TestWarnings(t *testing.T) {
 // its namespace, which kubectl also GETs, and the OpenAPI document Debian's kubectl 1.20 asks for even
 // with --validate=false), and refuses anything but reads: a client dry run must not write.
 func TestKubectlParsesPlan(t *testing.T) {
-	kubectl, err := exec.LookPath("kubectl")
-	if err != nil {
-		t.Fatal("kubectl not found: install Debian's kubernetes-client package (hack/deps.sh)")
-	}
-	srv, requests := discoveryServer(t)
-	dir := t.TempDir()
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	writeKubeconfig(t, kubeconfig, srv.URL)
-
+	docs := discoveryDocs()
 	for _, file := range []string{"plan.yaml", "plan-minimal.yaml"} {
 		t.Run(file, func(t *testing.T) {
 			in := filepath.Join("..", "..", "testdata", "gitops", file)
-			cmd := exec.Command(kubectl, "apply", "--dry-run=client", "--validate=false", "-o", "yaml", "-f", in)
-			// No user config, no cache, no cloud dispatcher switching versions.
-			cmd.Env = []string{"KUBECONFIG=" + kubeconfig, "HOME=" + dir, "PATH=" + os.Getenv("PATH")}
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			out, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("kubectl apply --dry-run=client: %v\n%s\nrequests: %v", err, stderr.String(), requests())
-			}
+			out := testtool.KubectlDryRun(t, in, "yaml", docs)
 			var got unstructured.Unstructured
 			if err := yaml.Unmarshal(out, &got.Object); err != nil {
 				t.Fatalf("kubectl output: %v\n%s", err, out)
@@ -275,12 +255,6 @@ func TestKubectlParsesPlan(t *testing.T) {
 			}
 		})
 	}
-	t.Logf("kubectl's requests: %v", requests())
-	for _, r := range requests() {
-		if !strings.HasPrefix(r, "GET ") {
-			t.Errorf("kubectl's client dry run sent %s", r)
-		}
-	}
 }
 
 func equalJSON(a, b any) bool {
@@ -289,24 +263,12 @@ func equalJSON(a, b any) bool {
 	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
 
-// discoveryServer serves the API discovery documents kubectl reads, and nothing else; it returns
-// the requests it saw.
-func discoveryServer(t *testing.T) (*httptest.Server, func() []string) {
-	t.Helper()
-	var (
-		mu   sync.Mutex
-		seen []string
-	)
+// discoveryDocs are the API discovery documents kubectl reads for a Plan (testtool.KubectlDryRun).
+func discoveryDocs() map[string]any {
 	planGV := metav1.GroupVersionForDiscovery{GroupVersion: APIVersion, Version: "v1"}
 	docs := map[string]any{
-		"/version": map[string]string{"major": "1", "minor": "32", "gitVersion": "v1.32.4+k3s1", "platform": "linux/amd64"},
-		"/api": &metav1.APIVersions{
-			TypeMeta: metav1.TypeMeta{Kind: "APIVersions"},
-			Versions: []string{"v1"},
-			ServerAddressByClientCIDRs: []metav1.ServerAddressByClientCIDR{
-				{ClientCIDR: "0.0.0.0/0", ServerAddress: "127.0.0.1"},
-			},
-		},
+		"/version": testtool.DiscoveryVersion("32", "v1.32.4+k3s1"),
+		"/api":     testtool.DiscoveryAPI(),
 		"/api/v1": &metav1.APIResourceList{
 			TypeMeta:     metav1.TypeMeta{Kind: "APIResourceList", APIVersion: "v1"},
 			GroupVersion: "v1",
@@ -328,54 +290,5 @@ func discoveryServer(t *testing.T) (*httptest.Server, func() []string) {
 			},
 		},
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		seen = append(seen, r.Method+" "+r.URL.Path)
-		mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		if doc, ok := docs[r.URL.Path]; ok && r.Method == http.MethodGet {
-			_ = json.NewEncoder(w).Encode(doc)
-			return
-		}
-		code, reason := http.StatusNotFound, metav1.StatusReasonNotFound
-		if r.Method != http.MethodGet {
-			code, reason = http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed
-		}
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(&metav1.Status{
-			TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
-			Status:   metav1.StatusFailure, Reason: reason, Code: int32(code),
-			Message: fmt.Sprintf("%s %s: not served by the test's discovery server", r.Method, r.URL.Path),
-		})
-	}))
-	t.Cleanup(srv.Close)
-	return srv, func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(seen)
-	}
-}
-
-func writeKubeconfig(t *testing.T, path, server string) {
-	t.Helper()
-	cfg := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster:
-    server: %s
-contexts:
-- name: test
-  context:
-    cluster: test
-    user: test
-    namespace: default
-current-context: test
-users:
-- name: test
-  user: {}
-`, server)
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	return docs
 }

@@ -1,22 +1,17 @@
 package k3s
 
 import (
-	"bytes"
 	"encoding/json"
-	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/basalt-os/basalt/images"
+	"github.com/basalt-os/basalt/internal/testtool"
 	"gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -331,29 +326,11 @@ func TestImageAllowedIsThePolicy(t *testing.T) {
 // discovery server (as in builder/gitops's Plan test) that knows the groups and resources of the
 // manifest, answers 404 for every object and refuses anything but reads.
 func TestKubectlTakesNodeAgentManifest(t *testing.T) {
-	kubectl, err := exec.LookPath("kubectl")
-	if err != nil {
-		t.Fatal("kubectl not found: install Debian's kubernetes-client package (hack/deps.sh)")
-	}
-	srv, requests := agentDiscoveryServer(t)
-	dir := t.TempDir()
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	cfg := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: %s\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user: {}\n", srv.URL)
-	if err := os.WriteFile(kubeconfig, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	in := filepath.Join(dir, NodeAgentManifest)
+	in := filepath.Join(t.TempDir(), NodeAgentManifest)
 	if err := os.WriteFile(in, render(t, agentK3s(), Inputs{})[path.Join(ManifestsDir, NodeAgentManifest)].Data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(kubectl, "apply", "--dry-run=client", "--validate=false", "-o", "name", "-f", in)
-	cmd.Env = []string{"KUBECONFIG=" + kubeconfig, "HOME=" + dir, "PATH=" + os.Getenv("PATH")}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("kubectl apply --dry-run=client: %v\n%s\nrequests: %v", err, stderr.String(), requests())
-	}
+	out := testtool.KubectlDryRun(t, in, "name", agentDiscoveryDocs())
 	want := []string{
 		"namespace/basalt-system", "networkpolicy.networking.k8s.io/default-deny-ingress", "serviceaccount/basalt-node-agent",
 		"role.rbac.authorization.k8s.io/basalt-node-agent", "rolebinding.rbac.authorization.k8s.io/basalt-node-agent",
@@ -362,22 +339,12 @@ func TestKubectlTakesNodeAgentManifest(t *testing.T) {
 		"daemonset.apps/basalt-node-agent",
 	}
 	if got := strings.Fields(string(out)); !slices.Equal(got, want) {
-		t.Errorf("kubectl took %q, want %q\n%s", got, want, stderr.String())
-	}
-	for _, r := range requests() {
-		if !strings.HasPrefix(r, "GET ") {
-			t.Errorf("kubectl's client dry run sent %s", r)
-		}
+		t.Errorf("kubectl took %q, want %q", got, want)
 	}
 }
 
-// agentDiscoveryServer serves the discovery documents of the manifest's kinds, 404 for the rest.
-func agentDiscoveryServer(t *testing.T) (*httptest.Server, func() []string) {
-	t.Helper()
-	var (
-		mu   sync.Mutex
-		seen []string
-	)
+// agentDiscoveryDocs are the discovery documents of the manifest's kinds (testtool.KubectlDryRun).
+func agentDiscoveryDocs() map[string]any {
 	rw := []string{"create", "delete", "get", "list", "patch", "update", "watch"}
 	resources := func(gv string, namespaced bool, kinds ...string) *metav1.APIResourceList {
 		l := &metav1.APIResourceList{TypeMeta: metav1.TypeMeta{Kind: "APIResourceList", APIVersion: "v1"}, GroupVersion: gv}
@@ -392,10 +359,9 @@ func agentDiscoveryServer(t *testing.T) (*httptest.Server, func() []string) {
 		return metav1.APIGroup{Name: name, Versions: []metav1.GroupVersionForDiscovery{gv}, PreferredVersion: gv}
 	}
 	docs := map[string]any{
-		"/version": map[string]string{"major": "1", "minor": "36", "gitVersion": "v1.36.2+k3s1", "platform": "linux/amd64"},
-		"/api": &metav1.APIVersions{TypeMeta: metav1.TypeMeta{Kind: "APIVersions"}, Versions: []string{"v1"},
-			ServerAddressByClientCIDRs: []metav1.ServerAddressByClientCIDR{{ClientCIDR: "0.0.0.0/0", ServerAddress: "127.0.0.1"}}},
-		"/api/v1": resources("v1", true, "namespaces:Namespace", "serviceaccounts:ServiceAccount"),
+		"/version": testtool.DiscoveryVersion("36", "v1.36.2+k3s1"),
+		"/api":     testtool.DiscoveryAPI(),
+		"/api/v1":  resources("v1", true, "namespaces:Namespace", "serviceaccounts:ServiceAccount"),
 		"/apis": &metav1.APIGroupList{TypeMeta: metav1.TypeMeta{Kind: "APIGroupList", APIVersion: "v1"},
 			Groups: []metav1.APIGroup{group("apps"), group("networking.k8s.io"), group("rbac.authorization.k8s.io")}},
 		"/apis/apps/v1":              resources("apps/v1", true, "daemonsets:DaemonSet"),
@@ -403,30 +369,7 @@ func agentDiscoveryServer(t *testing.T) (*httptest.Server, func() []string) {
 		"/apis/rbac.authorization.k8s.io/v1": resources("rbac.authorization.k8s.io/v1", true,
 			"roles:Role", "rolebindings:RoleBinding", "clusterroles:ClusterRole", "clusterrolebindings:ClusterRoleBinding"),
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		seen = append(seen, r.Method+" "+r.URL.Path)
-		mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		if doc, ok := docs[r.URL.Path]; ok && r.Method == http.MethodGet {
-			_ = json.NewEncoder(w).Encode(doc)
-			return
-		}
-		code, reason := http.StatusNotFound, metav1.StatusReasonNotFound
-		if r.Method != http.MethodGet {
-			code, reason = http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed
-		}
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(&metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
-			Status: metav1.StatusFailure, Reason: reason, Code: int32(code),
-			Message: fmt.Sprintf("%s %s: not served by the test's discovery server", r.Method, r.URL.Path)})
-	}))
-	t.Cleanup(srv.Close)
-	return srv, func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(seen)
-	}
+	return docs
 }
 
 // The image config's key is k3s.nodeAgent.image, decoded as images.ParseConfig does (unknown keys are
@@ -449,5 +392,12 @@ func TestNodeAgentConfigKey(t *testing.T) {
 	k.SetDefaults() // idempotent
 	if !slices.Equal(k.PSAExemptNamespaces, []string{"basalt-system"}) {
 		t.Errorf("exemptions after a second SetDefaults: %v", k.PSAExemptNamespaces)
+	}
+}
+
+// The agent's pods mount the folder of the socket the host daemon listens on.
+func TestNodeAgentSocketDir(t *testing.T) {
+	if NodeAgentSocketDir != path.Dir(images.UpdaterSocket) {
+		t.Errorf("NodeAgentSocketDir %s, the daemon's socket is %s", NodeAgentSocketDir, images.UpdaterSocket)
 	}
 }

@@ -56,7 +56,7 @@ type Config struct {
 }
 
 // DefaultSocket is the daemon's Unix socket for cluster rollouts.
-const DefaultSocket = "/run/basalt/updater.sock"
+const DefaultSocket = images.UpdaterSocket
 
 // Cluster is the cluster rollout section.
 type Cluster struct {

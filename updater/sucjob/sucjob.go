@@ -41,11 +41,11 @@ import (
 // What the rendered Plan runs (builder/gitops writes the same).
 const (
 	// Command is the job's command.
-	Command = "basalt-updater"
+	Command = images.UpdaterCommand
 	// Socket is the host daemon's socket as the job sees it: SUC mounts the host's / at HostRoot.
-	Socket = HostRoot + "/run/basalt/updater.sock"
+	Socket = HostRoot + images.UpdaterSocket
 	// HostRoot is where SUC mounts the host's root file system in every job pod.
-	HostRoot = "/host"
+	HostRoot = images.SUCHostRoot
 )
 
 // Exit codes of the job; see the package documentation.
