@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,8 +53,13 @@ func newKeys(t testing.TB, rootKeys, threshold int) *keys.Store {
 
 func newEnv(t *testing.T, rootKeys, threshold int, exp Expiry) *env {
 	t.Helper()
+	return newEnvLayout(t, LayoutDelegated, rootKeys, threshold, exp)
+}
+
+func newEnvLayout(t *testing.T, layout string, rootKeys, threshold int, exp Expiry) *env {
+	t.Helper()
 	e := &env{t: t, dir: filepath.Join(t.TempDir(), "repo"), keys: newKeys(t, rootKeys, threshold), clock: &clock{t0}}
-	r, err := Init(e.dir, e.opts(e.keys), exp)
+	r, err := InitWith(e.dir, e.opts(e.keys), InitOptions{Expiry: exp, Layout: layout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,10 +135,38 @@ func newClient(t testing.TB, url string, trusted []byte, at time.Time, cache str
 	return &client{up}, nil
 }
 
+// targets lists every target as a device sees them: the top-level ones and those of each delegated
+// role, which go-tuf loads when a path delegated to it is looked up.
+func (c *client) targets() (map[string]*metadata.TargetFiles, error) {
+	out := map[string]*metadata.TargetFiles{}
+	for p, t := range c.up.GetTopLevelTargets() {
+		out[p] = t
+	}
+	top := c.up.GetTrustedMetadataSet().Targets[metadata.TARGETS]
+	if top.Signed.Delegations == nil {
+		return out, nil
+	}
+	for _, d := range top.Signed.Delegations.Roles {
+		c.up.GetTargetInfo(strings.ReplaceAll(d.Paths[0], "*", "x"))
+		role, ok := c.up.GetTrustedMetadataSet().Targets[d.Name]
+		if !ok {
+			return nil, fmt.Errorf("role %s not loaded", d.Name)
+		}
+		for p, t := range role.Signed.Targets {
+			out[p] = t
+		}
+	}
+	return out, nil
+}
+
 // downloadAll downloads and verifies every target, returning their bytes by path.
 func (c *client) downloadAll() (map[string][]byte, error) {
 	out := map[string][]byte{}
-	for p := range c.up.GetTopLevelTargets() {
+	all, err := c.targets()
+	if err != nil {
+		return nil, err
+	}
+	for p := range all {
 		info, err := c.up.GetTargetInfo(p)
 		if err != nil {
 			return nil, err
@@ -169,17 +204,24 @@ func (e *env) checkClient(cache string, want map[string]string) map[string][]byt
 			e.t.Errorf("client trusts root version %d, repository is at %d", r, e.repo.root.Signed.Version)
 		}
 	}
-	// want: version dir -> update folder
+	// want: version dir -> update folder (with its deltas, if any)
 	n := 0
 	for vdir, upd := range want {
-		for _, f := range []string{images.ManifestFile, fixture.UKIFile, fixture.PayloadFile} {
+		files := []string{images.ManifestFile, fixture.UKIFile, fixture.PayloadFile}
+		ds, _ := filepath.Glob(filepath.Join(upd, images.DeltaDir, "*"))
+		for _, d := range ds {
+			if !strings.HasSuffix(d, RefFileSuffix) {
+				files = append(files, images.DeltaDir+"/"+filepath.Base(d))
+			}
+		}
+		for _, f := range files {
 			data, ok := got[vdir+"/"+f]
 			if !ok {
 				e.t.Errorf("client has no target %s/%s", vdir, f)
 				continue
 			}
 			n++
-			src, _ := os.ReadFile(filepath.Join(upd, f))
+			src, _ := os.ReadFile(filepath.Join(upd, filepath.FromSlash(f)))
 			if !bytes.Equal(src, data) {
 				e.t.Errorf("target %s/%s differs from the update folder", vdir, f)
 			}
@@ -202,6 +244,20 @@ func (e *env) checkClient(cache string, want map[string]string) map[string][]byt
 }
 
 func hexSHA(b []byte) string { return hex.EncodeToString(b) }
+
+// target returns a current target of the repository (top-level or delegated).
+func (e *env) target(tp string) *metadata.TargetFiles {
+	e.t.Helper()
+	all, err := e.repo.allTargets()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	t, ok := all[tp]
+	if !ok {
+		e.t.Fatalf("no target %s", tp)
+	}
+	return t
+}
 
 // readMeta reads a metadata file of the repository.
 func (e *env) readMeta(name string) []byte {

@@ -7,6 +7,7 @@
 //	basalt-repo.json                  expiry periods (this package's settings)
 //	metadata/N.root.json, root.json   every root version, and a copy of the newest
 //	metadata/N.targets.json           targets, consistent snapshots
+//	metadata/N.channel-<c>.json       a channel's delegated targets role (delegated layout)
 //	metadata/N.snapshot.json
 //	metadata/timestamp.json           the commit point: written last, atomically
 //	targets/<channel>/<name>/<version>/<sha256>.<file>
@@ -16,7 +17,10 @@
 // Serve metadata/ at <base>/metadata and targets/ at <base>/targets (Handler does).
 //
 // Every version of an OS is three targets under <channel>/<name>/<version>/: manifest.json, the UKI
-// and the compressed root payload, at the paths the manifest names. Each target's custom field is a
+// and the compressed root payload, at the paths the manifest names, plus two per delta under
+// deltas/ (see PublishWith). In the delegated layout (new repositories) a channel's targets are in
+// its own delegated role (see ChannelRole); in the top-level layout (older repositories, until
+// Migrate) in the top-level targets. Each target's custom field is a
 // TargetCustom: {"channel", "name", "version", "kind"} and, for the manifest, the manifest itself, so
 // a device picks the versions of its channel from the targets metadata alone.
 //
@@ -148,8 +152,39 @@ func ParseDuration(s string) (time.Duration, error) {
 
 // Config is the repository's own settings file (basalt-repo.json).
 type Config struct {
-	SchemaVersion int    `json:"schemaVersion"`
-	Expiry        Expiry `json:"expiry"`
+	SchemaVersion int `json:"schemaVersion"`
+	// Layout is where channels that appear for the first time go: LayoutDelegated (repositories made
+	// by this version) or LayoutTopLevel (empty: repositories made before delegated roles existed).
+	// Channels already published stay where they are until Migrate moves them. A config that has
+	// this field is refused by basalt versions that predate it, so they cannot publish into the top-
+	// level targets of a channel that was moved.
+	Layout string `json:"layout,omitempty"`
+	Expiry Expiry `json:"expiry"`
+}
+
+// Layouts (Config.Layout).
+const (
+	// LayoutDelegated puts each channel's targets in its own delegated role (see ChannelRole).
+	LayoutDelegated = "delegated"
+	// LayoutTopLevel puts every channel's targets in the top-level targets metadata, which every
+	// updater reads, also those that predate delegated roles.
+	LayoutTopLevel = "top-level"
+)
+
+// layout returns the configured layout for new channels.
+func (c Config) layout() string {
+	if c.Layout == "" {
+		return LayoutTopLevel
+	}
+	return c.Layout
+}
+
+// ValidateLayout checks a layout name.
+func ValidateLayout(l string) error {
+	if l != LayoutDelegated && l != LayoutTopLevel {
+		return fmt.Errorf("layout %q: want %s or %s", l, LayoutDelegated, LayoutTopLevel)
+	}
+	return nil
 }
 
 // Options are what every repository operation needs.
@@ -176,6 +211,14 @@ type Repo struct {
 	timestamp *metadata.Metadata[metadata.TimestampType]
 	// raw bytes of the current targets and snapshot files (their hashes go into snapshot/timestamp).
 	targetsRaw, snapshotRaw []byte
+	// roles holds the delegated roles read so far (loaded lazily: a publish reads one channel's).
+	roles map[string]*roleMeta
+}
+
+// roleMeta is a delegated targets role's current metadata and its file's bytes.
+type roleMeta struct {
+	md  *metadata.Metadata[metadata.TargetsType]
+	raw []byte
 }
 
 // Dir returns the repository folder.
@@ -203,21 +246,34 @@ func (r *Repo) MetadataVersions() (root, targets, snapshot, timestamp int64) {
 	return r.root.Signed.Version, r.targets.Signed.Version, r.snapshot.Signed.Version, r.timestamp.Signed.Version
 }
 
-// Expires returns the current metadata expiry times by role.
-func (r *Repo) Expires() map[string]time.Time {
-	return map[string]time.Time{
+// Expires returns the current metadata expiry times by role, delegated channel roles included
+// (which it reads).
+func (r *Repo) Expires() (map[string]time.Time, error) {
+	out := map[string]time.Time{
 		metadata.ROOT: r.root.Signed.Expires, metadata.TARGETS: r.targets.Signed.Expires,
 		metadata.SNAPSHOT: r.snapshot.Signed.Expires, metadata.TIMESTAMP: r.timestamp.Signed.Expires,
 	}
+	for _, name := range r.roleNames() {
+		rm, err := r.loadRole(name)
+		if err != nil {
+			return out, err
+		}
+		out[name] = rm.md.Signed.Expires
+	}
+	return out, nil
 }
 
-// Targets returns a copy of the current targets metadata's target list, keyed by target path.
-func (r *Repo) Targets() map[string]metadata.TargetFiles {
-	out := make(map[string]metadata.TargetFiles, len(r.targets.Signed.Targets))
-	for p, t := range r.targets.Signed.Targets {
+// Targets returns a copy of every current target (top-level and delegated roles), keyed by path.
+func (r *Repo) Targets() (map[string]metadata.TargetFiles, error) {
+	all, err := r.allTargets()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]metadata.TargetFiles, len(all))
+	for p, t := range all {
 		out[p] = *t
 	}
-	return out
+	return out, nil
 }
 
 func checkOptions(opts Options) error {
@@ -227,11 +283,32 @@ func checkOptions(opts Options) error {
 	return nil
 }
 
+// InitOptions configures InitWith.
+type InitOptions struct {
+	Expiry Expiry
+	// Layout for channels (empty: LayoutDelegated).
+	Layout string
+}
+
 // Init creates a repository in dir (created if missing; it must not hold one): root version 1 with
 // the key folder's root keys and threshold, one key each for targets, snapshot and timestamp,
-// consistent snapshots on, and empty targets. The root threshold's private keys must be present.
-// The returned Repo is locked; Close it.
+// consistent snapshots on, and empty targets, in the delegated layout (each channel in its own
+// role). The root threshold's private keys must be present. The returned Repo is locked; Close it.
 func Init(dir string, opts Options, expiry Expiry) (*Repo, error) {
+	return InitWith(dir, opts, InitOptions{Expiry: expiry})
+}
+
+// InitWith is Init with a choice of layout: LayoutTopLevel makes a repository that updaters which
+// predate delegated roles can read.
+func InitWith(dir string, opts Options, o InitOptions) (*Repo, error) {
+	expiry := o.Expiry
+	layout := o.Layout
+	if layout == "" {
+		layout = LayoutDelegated
+	}
+	if err := ValidateLayout(layout); err != nil {
+		return nil, fmt.Errorf("repo init: %w", err)
+	}
 	if err := checkOptions(opts); err != nil {
 		return nil, fmt.Errorf("repo init: %w", err)
 	}
@@ -248,7 +325,7 @@ func Init(dir string, opts Options, expiry Expiry) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Repo{dir: dir, opts: opts, cfg: Config{SchemaVersion: 1, Expiry: expiry}, lock: lock}
+	r := &Repo{dir: dir, opts: opts, cfg: Config{SchemaVersion: 1, Layout: layout, Expiry: expiry}, lock: lock, roles: map[string]*roleMeta{}}
 	fail := func(err error) (*Repo, error) {
 		r.Close()
 		return nil, fmt.Errorf("repo init: %w", err)
@@ -295,11 +372,7 @@ func Init(dir string, opts Options, expiry Expiry) (*Repo, error) {
 	}
 	r.root = root
 
-	cfg, err := json.MarshalIndent(r.cfg, "", "  ")
-	if err != nil {
-		return fail(err)
-	}
-	if err := writeAtomic(filepath.Join(dir, ConfigFile), append(cfg, '\n')); err != nil {
+	if err := r.writeConfig(); err != nil {
 		return fail(err)
 	}
 	// Version 0 placeholders: update() writes version 1 of each.
@@ -340,12 +413,17 @@ func Open(dir string, opts Options) (*Repo, error) {
 	if cfg.SchemaVersion != 1 {
 		return nil, fmt.Errorf("%s: schema version %d, this program reads 1", filepath.Join(dir, ConfigFile), cfg.SchemaVersion)
 	}
+	if cfg.Layout != "" {
+		if err := ValidateLayout(cfg.Layout); err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ConfigFile), err)
+		}
+	}
 	cfg.Expiry = cfg.Expiry.withDefaults()
 	lock, err := lockFile(filepath.Join(dir, LockFile))
 	if err != nil {
 		return nil, err
 	}
-	r := &Repo{dir: dir, opts: opts, cfg: cfg, lock: lock}
+	r := &Repo{dir: dir, opts: opts, cfg: cfg, lock: lock, roles: map[string]*roleMeta{}}
 	if err := r.load(); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("open repository %s: %w", dir, err)
@@ -418,10 +496,20 @@ func (r *Repo) signersFor(root *metadata.Metadata[metadata.RootType], role strin
 	if !ok {
 		return nil, fmt.Errorf("root has no %s role", role)
 	}
+	return r.signersOf(role, rl.KeyIDs, rl.Threshold, role == metadata.ROOT)
+}
+
+// signersOf returns signers for the private keys present among ids: at least threshold of them
+// (all that are present when all is set).
+func (r *Repo) signersOf(role string, ids []string, threshold int, all bool) ([]signature.Signer, error) {
+	rl := struct {
+		KeyIDs    []string
+		Threshold int
+	}{ids, threshold}
 	var out []signature.Signer
 	var missing []string
 	for _, id := range rl.KeyIDs {
-		if role != metadata.ROOT && len(out) >= rl.Threshold {
+		if !all && len(out) >= rl.Threshold {
 			break
 		}
 		e, ok := r.signable(id)
@@ -508,6 +596,9 @@ func (r *Repo) signAll(m signable, root *metadata.Metadata[metadata.RootType], r
 type update struct {
 	// targets, if set, is the new targets content (its version and expiry are set by update).
 	targets *metadata.Metadata[metadata.TargetsType]
+	// roles are new contents of delegated roles, by role name (versions and expiry set by update;
+	// signed with the keys the targets metadata, new or current, delegates them to).
+	roles map[string]*metadata.Metadata[metadata.TargetsType]
 	// snapshot forces a new snapshot even when targets did not change.
 	snapshot bool
 	// root is a new root to publish with this change (nil: keep the current one). Its keys sign.
@@ -516,8 +607,9 @@ type update struct {
 	extra map[string][]signature.Signer
 }
 
-// update signs everything first, then writes the targets, snapshot, timestamp and root files in that
-// order. Nothing is written when a key is missing.
+// update signs everything first, then writes the delegated roles, targets, snapshot, timestamp and
+// root files in that order. Nothing is written when a key is missing. Only the roles named in u are
+// read or signed: the snapshot copies the other roles' entries from the current snapshot.
 func (r *Repo) update(u update) error {
 	now := r.now()
 	signRoot := r.root
@@ -537,11 +629,41 @@ func (r *Repo) update(u update) error {
 			return fmt.Errorf("encode targets: %w", err)
 		}
 	}
+	names := slices.Sorted(maps.Keys(u.roles))
+	roles := make(map[string]*roleMeta, len(names))
+	for _, name := range names {
+		md := u.roles[name]
+		dr := delegatedRole(targets, name)
+		if dr == nil {
+			return fmt.Errorf("role %s is not delegated by the targets metadata", name)
+		}
+		md.Signed.Version = r.snapshotMeta(name).Version + 1
+		md.Signed.Expires = now.Add(r.cfg.Expiry.of(metadata.TARGETS))
+		ss, err := r.signersOf(name, dr.KeyIDs, dr.Threshold, false)
+		if err != nil {
+			return err
+		}
+		md.ClearSignatures()
+		for _, s := range ss {
+			if _, err := md.Sign(s); err != nil {
+				return fmt.Errorf("sign %s: %w", name, err)
+			}
+		}
+		raw, err := md.ToBytes(false)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w", name, err)
+		}
+		roles[name] = &roleMeta{md: md, raw: raw}
+	}
 	snapshot, snapshotRaw := r.snapshot, r.snapshotRaw
-	if u.targets != nil || u.snapshot {
+	if u.targets != nil || len(roles) > 0 || u.snapshot {
 		snapshot = metadata.Snapshot(now.Add(r.cfg.Expiry.of(metadata.SNAPSHOT)))
 		snapshot.Signed.Version = r.snapshot.Signed.Version + 1
+		maps.Copy(snapshot.Signed.Meta, r.snapshot.Signed.Meta)
 		snapshot.Signed.Meta["targets.json"] = metaFile(targets.Signed.Version, targetsRaw)
+		for name, rm := range roles {
+			snapshot.Signed.Meta[name+".json"] = metaFile(rm.md.Signed.Version, rm.raw)
+		}
 		if err := r.signAll(snapshot, signRoot, metadata.SNAPSHOT, u.extra[metadata.SNAPSHOT]...); err != nil {
 			return err
 		}
@@ -560,6 +682,12 @@ func (r *Repo) update(u update) error {
 		return fmt.Errorf("encode timestamp: %w", err)
 	}
 
+	for _, name := range names {
+		rm := roles[name]
+		if err := writeAtomic(r.metaPath(fmt.Sprintf("%d.%s.json", rm.md.Signed.Version, name)), rm.raw); err != nil {
+			return err
+		}
+	}
 	if u.targets != nil {
 		if err := writeAtomic(r.metaPath(fmt.Sprintf("%d.targets.json", targets.Signed.Version)), targetsRaw); err != nil {
 			return err
@@ -576,6 +704,7 @@ func (r *Repo) update(u update) error {
 	r.targets, r.targetsRaw = targets, targetsRaw
 	r.snapshot, r.snapshotRaw = snapshot, snapshotRaw
 	r.timestamp = timestamp
+	maps.Copy(r.roles, roles)
 	if u.root != nil {
 		if err := r.writeRoot(u.root); err != nil {
 			return err

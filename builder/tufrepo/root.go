@@ -310,6 +310,17 @@ func (r *Repo) finalize() (*RootStatus, error) {
 		if u.targets, err = r.cloneTargets(); err != nil {
 			return nil, err
 		}
+		// The channel roles are delegated to the targets keys: point the delegations at the new
+		// keys and re-sign every role with them.
+		if names := r.roleNames(); len(names) > 0 {
+			redelegate(u.targets, st)
+			u.roles = map[string]*metadata.Metadata[metadata.TargetsType]{}
+			for _, name := range names {
+				if u.roles[name], err = r.cloneRole(name); err != nil {
+					return nil, err
+				}
+			}
+		}
 	}
 	u.snapshot = u.targets != nil || changed(metadata.SNAPSHOT)
 	for _, role := range []string{metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {

@@ -22,7 +22,13 @@ import (
 // original 1.root.json (and a client that kept its cache all along) refreshes and downloads every
 // published file.
 func TestLifecycle(t *testing.T) {
-	e := newEnv(t, 3, 2, Expiry{})
+	for _, layout := range []string{LayoutDelegated, LayoutTopLevel} {
+		t.Run(layout, func(t *testing.T) { testLifecycle(t, layout) })
+	}
+}
+
+func testLifecycle(t *testing.T, layout string) {
+	e := newEnvLayout(t, layout, 3, 2, Expiry{})
 	cache := t.TempDir()
 	want := map[string]string{}
 	e.checkClient(cache, want)
@@ -48,7 +54,11 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stable []string
-	for p, tf := range cl.up.GetTopLevelTargets() {
+	ts, err := cl.targets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, tf := range ts {
 		c, ok := ParseTargetCustom(tf)
 		if !ok {
 			t.Fatalf("target %s has no custom field", p)
@@ -174,7 +184,7 @@ func TestClientRefusesAlteredTarget(t *testing.T) {
 	e := newEnv(t, 1, 1, Expiry{})
 	e.publish("basalt", "1.0.0", "stable")
 	tp := "stable/basalt/1.0.0/" + fixture.PayloadFile
-	tf := e.repo.targets.Signed.Targets[tp]
+	tf := e.target(tp)
 	file := e.repo.targetFile(tp, hexSHA(tf.Hashes["sha256"]))
 	data, err := os.ReadFile(file)
 	if err != nil {

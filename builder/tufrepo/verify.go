@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
 	"path"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -42,7 +42,9 @@ type VerifyOptions struct {
 // VerifyReport is what Verify saw.
 type VerifyReport struct {
 	Root, Targets, Snapshot, Timestamp int64
-	Expires                            map[string]time.Time
+	// Roles are the delegated roles' versions, by name (nil: none).
+	Roles   map[string]int64
+	Expires map[string]time.Time
 	// Files and Bytes count the targets downloaded and checked.
 	Files int
 	Bytes int64
@@ -51,11 +53,14 @@ type VerifyReport struct {
 }
 
 // Verify walks a repository as a device would, with go-tuf's client (metadata/updater): from the
-// trusted root through every root version, timestamp, snapshot and targets, then downloads every
-// target and checks it against the signed length and hashes. On top of TUF it checks Basalt's
-// conventions: each manifest target parses, equals the manifest in its custom field and sits at
-// <channel>/<name>/<version>/manifest.json, and the UKI and payload it names are targets with the
-// manifest's sizes and sha256. Targets are held in memory one at a time.
+// trusted root through every root version, timestamp, snapshot and targets, every delegated channel
+// role (loaded through go-tuf's delegation walk, so checked against the snapshot and the delegation's
+// keys), then downloads every target, looked up as a device would, and checks it against the signed
+// length and hashes. On top of TUF it checks Basalt's conventions: each manifest target parses,
+// equals the manifest in its custom field and sits at <channel>/<name>/<version>/manifest.json; the
+// UKI, the payload and each delta's two files it names are targets with the sizes and sha256 of the
+// manifest and the DeltaRef; every delta target is listed by its manifest target; a role lists only
+// paths delegated to it. Targets are held in memory one at a time.
 func Verify(opts VerifyOptions) (*VerifyReport, error) {
 	if len(opts.TrustedRoot) == 0 {
 		return nil, errors.New("verify: no trusted root")
@@ -105,17 +110,49 @@ func Verify(opts VerifyOptions) (*VerifyReport, error) {
 			metadata.SNAPSHOT: tm.Snapshot.Signed.Expires, metadata.TARGETS: tm.Targets[metadata.TARGETS].Signed.Expires,
 		},
 	}
-	all := up.GetTopLevelTargets()
-	paths := make([]string, 0, len(all))
-	for p := range all {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
 	var errs []error
+	// Every target: the top-level ones and those of each delegated role, which go-tuf loads (and
+	// checks against the snapshot and the delegation's keys) when a path delegated to it is looked up.
+	all := maps.Clone(up.GetTopLevelTargets())
+	top := tm.Targets[metadata.TARGETS]
+	if d := top.Signed.Delegations; d != nil {
+		rep.Roles = map[string]int64{}
+		for _, dr := range d.Roles {
+			if len(dr.Paths) == 0 {
+				errs = append(errs, fmt.Errorf("role %s: delegated without paths", dr.Name))
+				continue
+			}
+			probe := strings.ReplaceAll(dr.Paths[0], "*", "_")
+			_, perr := up.GetTargetInfo(probe)
+			role, ok := up.GetTrustedMetadataSet().Targets[dr.Name]
+			if !ok {
+				errs = append(errs, fmt.Errorf("role %s: %w", dr.Name, perr))
+				continue
+			}
+			rep.Roles[dr.Name] = role.Signed.Version
+			rep.Expires[dr.Name] = role.Signed.Expires
+			for p, t := range role.Signed.Targets {
+				if ok, _ := dr.IsDelegatedPath(p); !ok {
+					errs = append(errs, fmt.Errorf("role %s: target %s is outside the paths delegated to it (%s)", dr.Name, p, strings.Join(dr.Paths, ", ")))
+					continue
+				}
+				if _, dup := all[p]; dup {
+					errs = append(errs, fmt.Errorf("role %s: target %s is also listed elsewhere", dr.Name, p))
+					continue
+				}
+				all[p] = t
+			}
+		}
+	}
+	paths := slices.Sorted(maps.Keys(all))
 	for _, p := range paths {
 		info, err := up.GetTargetInfo(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("target %s: %w", p, err))
+			continue
+		}
+		if info != all[p] {
+			errs = append(errs, fmt.Errorf("target %s: a device's lookup finds another entry than its role lists", p))
 			continue
 		}
 		_, data, err := up.DownloadTarget(info, "", "")
@@ -137,8 +174,19 @@ func Verify(opts VerifyOptions) (*VerifyReport, error) {
 			errs = append(errs, fmt.Errorf("target %s: no Basalt custom field", p))
 			continue
 		}
-		if _, ok := all[ManifestTarget(c.Channel, c.Name, c.Version)]; !ok {
+		mp := ManifestTarget(c.Channel, c.Name, c.Version)
+		mt, ok := all[mp]
+		if !ok {
 			errs = append(errs, fmt.Errorf("target %s: %s %s has no manifest target in channel %s", p, c.Name, c.Version, c.Channel))
+			continue
+		}
+		if c.Kind == KindDeltaIndex || c.Kind == KindDeltaData {
+			mc, _ := ParseTargetCustom(mt)
+			if !slices.ContainsFunc(mc.Deltas, func(d images.DeltaRef) bool {
+				return path.Dir(mp)+"/"+d.Index.Path == p || path.Dir(mp)+"/"+d.Data.Path == p
+			}) {
+				errs = append(errs, fmt.Errorf("target %s: a %s that the manifest target %s does not list", p, c.Kind, mp))
+			}
 		}
 	}
 	rep.Versions = versionsOf(all)
@@ -149,7 +197,7 @@ func Verify(opts VerifyOptions) (*VerifyReport, error) {
 }
 
 // checkManifestTarget checks a downloaded (TUF-verified) manifest against its target's custom field
-// and the targets it names.
+// and the targets it names, its deltas' included.
 func checkManifestTarget(p string, c TargetCustom, data []byte, all map[string]*metadata.TargetFiles) error {
 	m, err := images.ParseManifest(data)
 	if err != nil {
@@ -167,16 +215,36 @@ func checkManifestTarget(p string, c TargetCustom, data []byte, all map[string]*
 		return fmt.Errorf("target %s: the manifest in the custom field differs from the file", p)
 	}
 	dir := path.Dir(p)
-	for _, f := range []images.File{m.UKI, {Path: m.Root.Payload.Path, Size: m.Root.Payload.Size, SHA256: m.Root.Payload.SHA256}} {
+	files := []images.File{m.UKI, {Path: m.Root.Payload.Path, Size: m.Root.Payload.Size, SHA256: m.Root.Payload.SHA256}}
+	var errs []error
+	seen := map[string]bool{}
+	for _, d := range c.Deltas {
+		if err := d.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("target %s: %w", p, err))
+			continue
+		}
+		if seen[d.From] {
+			errs = append(errs, fmt.Errorf("target %s: two deltas from %s", p, d.From))
+		}
+		seen[d.From] = true
+		if src, ok := all[ManifestTarget(c.Channel, c.Name, d.From)]; ok {
+			if sc, ok := ParseTargetCustom(src); ok && sc.Manifest != nil && sc.Manifest.Root.Verity.RootHash != d.FromRootHash {
+				errs = append(errs, fmt.Errorf("target %s: delta from %s has source root hash %s, that version's manifest %s", p, d.From, d.FromRootHash, sc.Manifest.Root.Verity.RootHash))
+			}
+		}
+		files = append(files, d.Index, d.Data)
+	}
+	for _, f := range files {
 		t, ok := all[dir+"/"+f.Path]
 		if !ok {
-			return fmt.Errorf("target %s: names %s, which is not a target", p, f.Path)
+			errs = append(errs, fmt.Errorf("target %s: names %s, which is not a target", p, f.Path))
+			continue
 		}
 		if t.Length != f.Size || hex.EncodeToString(t.Hashes["sha256"]) != f.SHA256 {
-			return fmt.Errorf("target %s: %s is %d bytes sha256 %s in targets, the manifest says %d bytes sha256 %s", p, f.Path, t.Length, hex.EncodeToString(t.Hashes["sha256"]), f.Size, f.SHA256)
+			errs = append(errs, fmt.Errorf("target %s: %s is %d bytes sha256 %s in targets, the manifest says %d bytes sha256 %s", p, f.Path, t.Length, hex.EncodeToString(t.Hashes["sha256"]), f.Size, f.SHA256))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 const localScheme = "basalt-local:/"

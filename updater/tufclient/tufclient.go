@@ -6,8 +6,15 @@
 //
 // Repository conventions (builder/tufrepo writes them): every version is three targets under
 // "<channel>/<name>/<version>/" - manifest.json, the UKI and the payload, at the paths the manifest names -
-// each with a custom field {"channel","name","version","kind"} and, on the manifest, the manifest itself.
-// Target files are served hash-prefixed (consistent snapshots): "<dir>/<sha256>.<file>".
+// each with a custom field {"channel","name","version","kind"} and, on the manifest, the manifest itself
+// and the version's deltas ("deltas": images.DeltaRef, whose two files are targets too, under
+// "<channel>/<name>/<version>/deltas/"). Target files are served hash-prefixed (consistent snapshots):
+// "<dir>/<sha256>.<file>".
+//
+// A channel's targets are either in the top-level targets metadata (repositories made before delegated
+// roles) or in a role the top-level targets delegate the channel's paths to. The client reads the
+// top-level targets and the role delegated for its own channel's paths, found through go-tuf's
+// delegation walk; it never downloads another channel's role.
 package tufclient
 
 import (
@@ -63,9 +70,11 @@ var (
 
 // Kinds of target (Custom.Kind).
 const (
-	KindManifest = "manifest"
-	KindUKI      = "uki"
-	KindPayload  = "payload"
+	KindManifest   = "manifest"
+	KindUKI        = "uki"
+	KindPayload    = "payload"
+	KindDeltaIndex = "delta-index"
+	KindDeltaData  = "delta-data"
 )
 
 // Custom is the custom field of a Basalt target.
@@ -75,6 +84,8 @@ type Custom struct {
 	Version  string           `json:"version"`
 	Kind     string           `json:"kind"`
 	Manifest *images.Manifest `json:"manifest,omitempty"`
+	// Deltas, on a manifest target: deltas from older versions to this one.
+	Deltas []images.DeltaRef `json:"deltas,omitempty"`
 }
 
 // Config configures a Client.
@@ -105,6 +116,10 @@ type Client struct {
 	cfg        Config
 	up         *updater.Updater
 	targetsURL *url.URL
+	log        *slog.Logger
+	// targets are the trusted targets of the device's channel as a delegation walk resolves them:
+	// the top-level targets' and its channel role's.
+	targets map[string]*metadata.TargetFiles
 }
 
 // New refreshes the metadata (root -> timestamp -> snapshot -> targets, go-tuf's order and checks) and
@@ -167,7 +182,64 @@ func New(cfg Config) (*Client, error) {
 	if got := up.GetTrustedMetadataSet().Root.Signed.Version; got != chain.version() {
 		return nil, fmt.Errorf("%w: go-tuf trusts root version %d, the stored chain ends at %d", ErrLocal, got, chain.version())
 	}
-	return &Client{cfg: cfg, up: up, targetsURL: tu}, nil
+	c := &Client{cfg: cfg, up: up, targetsURL: tu, log: log}
+	if err := c.loadChannel(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// loadChannel gathers the targets of the device's channel: the top-level ones and, when the top-level
+// targets delegate the channel's paths, those of the delegated role, which go-tuf's delegation walk
+// downloads and checks (against the snapshot, and the keys and threshold of the delegation) when a
+// path under "<channel>/<name>/" is looked up. Only the roles delegated for that path are fetched.
+func (c *Client) loadChannel() error {
+	c.targets = map[string]*metadata.TargetFiles{}
+	for p, t := range c.up.GetTopLevelTargets() {
+		c.targets[p] = t
+	}
+	top := c.up.GetTrustedMetadataSet().Targets[metadata.TARGETS]
+	if top == nil || top.Signed.Delegations == nil || c.cfg.Channel == "" || c.cfg.Name == "" {
+		return nil
+	}
+	// A manifest path no version has: the walk visits every role delegated for the channel's
+	// manifests and finds nothing.
+	probe := path.Join(c.cfg.Channel, c.cfg.Name, "_", images.ManifestFile)
+	roles := top.Signed.Delegations.GetRolesForTarget(probe)
+	if len(roles) == 0 {
+		return nil
+	}
+	_, walkErr := c.up.GetTargetInfo(probe)
+	for _, rr := range roles {
+		role, ok := c.up.GetTrustedMetadataSet().Targets[rr.Name]
+		if !ok {
+			if walkErr == nil {
+				walkErr = fmt.Errorf("role %s was not loaded", rr.Name)
+			}
+			return classify("targets role "+rr.Name+" of channel "+c.cfg.Channel, walkErr)
+		}
+		var dr *metadata.DelegatedRole
+		for i := range top.Signed.Delegations.Roles {
+			if top.Signed.Delegations.Roles[i].Name == rr.Name {
+				dr = &top.Signed.Delegations.Roles[i]
+			}
+		}
+		if dr == nil {
+			continue // not a path delegation (succinct hash bins): Basalt does not write those
+		}
+		for p, t := range role.Signed.Targets {
+			if _, ok := c.targets[p]; ok {
+				continue // the walk finds the top-level (or an earlier role's) entry first
+			}
+			if ok, _ := dr.IsDelegatedPath(p); ok {
+				c.targets[p] = t
+			}
+		}
+		if rr.Terminating {
+			break
+		}
+	}
+	return nil
 }
 
 // classify wraps a go-tuf error with its class: ErrExpired for expired metadata, ErrRepository for the
@@ -203,13 +275,16 @@ type Release struct {
 	Info   *metadata.TargetFiles
 	// Manifest is the copy in the custom field (signed with the targets metadata).
 	Manifest *images.Manifest
+	// Deltas are the version's deltas from older versions (from the custom field; malformed ones are
+	// dropped with a warning).
+	Deltas []images.DeltaRef
 }
 
 // Releases lists the versions of the configured channel and name, newest first, whatever their
 // architecture.
 func (c *Client) Releases() []Release {
 	var out []Release
-	for p, t := range c.up.GetTopLevelTargets() {
+	for p, t := range c.targets {
 		if t == nil || t.Custom == nil {
 			continue
 		}
@@ -223,9 +298,34 @@ func (c *Client) Releases() []Release {
 		if images.ValidateSemver(cu.Version) != nil || p != path.Join(cu.Channel, cu.Name, cu.Version, images.ManifestFile) {
 			continue
 		}
-		out = append(out, Release{Version: cu.Version, Target: p, Info: t, Manifest: cu.Manifest})
+		out = append(out, Release{Version: cu.Version, Target: p, Info: t, Manifest: cu.Manifest, Deltas: c.validDeltas(p, cu)})
 	}
 	slices.SortFunc(out, func(a, b Release) int { return images.CompareVersions(b.Version, a.Version) })
+	return out
+}
+
+// validDeltas returns the well-formed deltas of a manifest target's custom field: shape (DeltaRef.
+// Validate), one per source version, files that are not the UKI, the payload or the manifest.
+func (c *Client) validDeltas(p string, cu Custom) []images.DeltaRef {
+	var out []images.DeltaRef
+	reserved := map[string]bool{images.ManifestFile: true, cu.Manifest.UKI.Path: true, cu.Manifest.Root.Payload.Path: true}
+	from := map[string]bool{}
+	for _, d := range cu.Deltas {
+		err := d.Validate()
+		if err == nil && from[d.From] {
+			err = fmt.Errorf("a second delta from %s", d.From)
+		}
+		if err == nil && (reserved[d.Index.Path] || reserved[d.Data.Path]) {
+			err = fmt.Errorf("delta from %s names a file of the version itself", d.From)
+		}
+		if err != nil {
+			c.log.Warn("ignoring a malformed delta", "target", p, "err", err)
+			continue
+		}
+		from[d.From] = true
+		reserved[d.Index.Path], reserved[d.Data.Path] = true, true
+		out = append(out, d)
+	}
 	return out
 }
 
@@ -308,27 +408,70 @@ func (c *Client) Manifest(r Release) (*images.Manifest, error) {
 	return m, nil
 }
 
-// Fetcher returns the files of a release's update folder (the UKI and the payload, by the manifest's
-// paths) as ranges of their hash-prefixed target files. It checks that each is a trusted target whose
-// length and sha256 equal the manifest's, so the manifest's per-block checks stand on TUF's signature.
+// Fetcher returns the files of a release's update folder (the UKI, the payload, and the data file of
+// each of the release's deltas, by their paths relative to the manifest) as ranges of their
+// hash-prefixed target files. It checks that each is a trusted target whose length and sha256 equal
+// the manifest's (a delta's: its DeltaRef's), so the manifest's per-block checks (and a delta index's
+// per-operation ones) stand on TUF's signature.
 func (c *Client) Fetcher(r Release, m *images.Manifest, client *http.Client) (*TargetFetcher, error) {
 	files := map[string]string{}
-	for _, f := range []images.File{m.UKI, {Path: m.Root.Payload.Path, Size: m.Root.Payload.Size, SHA256: m.Root.Payload.SHA256}} {
-		tp := path.Join(path.Dir(r.Target), f.Path)
-		info, err := c.up.GetTargetInfo(tp)
+	want := []images.File{m.UKI, {Path: m.Root.Payload.Path, Size: m.Root.Payload.Size, SHA256: m.Root.Payload.SHA256}}
+	for _, d := range r.Deltas {
+		want = append(want, d.Data)
+	}
+	for _, f := range want {
+		u, err := c.targetURL(r, f)
 		if err != nil {
-			return nil, classify("target "+tp, err)
+			return nil, err
 		}
-		if info.Length != f.Size || hex.EncodeToString(info.Hashes["sha256"]) != f.SHA256 {
-			return nil, fmt.Errorf("%w: target %s has length %d and another hash than the manifest says (%d, %s)", ErrRepository, tp, info.Length, f.Size, f.SHA256)
-		}
-		dir, base := path.Split(tp)
-		files[f.Path] = c.targetsURL.JoinPath(dir, f.SHA256+"."+base).String()
+		files[f.Path] = u
 	}
 	if client == nil {
 		client = c.cfg.Client
 	}
 	return &TargetFetcher{files: files, client: client}, nil
+}
+
+// targetInfo returns the trusted target of a file of a release (by its path relative to the
+// manifest), checked to have the file's length and sha256.
+func (c *Client) targetInfo(r Release, f images.File) (string, *metadata.TargetFiles, error) {
+	tp := path.Join(path.Dir(r.Target), f.Path)
+	info, err := c.up.GetTargetInfo(tp)
+	if err != nil {
+		return tp, nil, classify("target "+tp, err)
+	}
+	if info.Length != f.Size || hex.EncodeToString(info.Hashes["sha256"]) != f.SHA256 {
+		return tp, nil, fmt.Errorf("%w: target %s has length %d and another hash than the manifest says (%d, %s)", ErrRepository, tp, info.Length, f.Size, f.SHA256)
+	}
+	return tp, info, nil
+}
+
+// targetURL is the URL of a release's file's hash-prefixed target file.
+func (c *Client) targetURL(r Release, f images.File) (string, error) {
+	tp, _, err := c.targetInfo(r, f)
+	if err != nil {
+		return "", err
+	}
+	dir, base := path.Split(tp)
+	return c.targetsURL.JoinPath(dir, f.SHA256+"."+base).String(), nil
+}
+
+// DeltaIndex downloads the index (operation list) of one of a release's deltas through TUF: its
+// length and sha256 are checked by go-tuf against the signed targets metadata, which must also equal
+// the DeltaRef's. The bytes are not parsed here.
+func (c *Client) DeltaIndex(r Release, d images.DeltaRef) ([]byte, error) {
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrRepository, r.Target, err)
+	}
+	tp, info, err := c.targetInfo(r, d.Index)
+	if err != nil {
+		return nil, err
+	}
+	_, data, err := c.up.DownloadTarget(info, filepath.Join(c.cfg.CacheDir, "targets", "delta-index.json"), "")
+	if err != nil {
+		return nil, classify("download "+tp, err)
+	}
+	return data, nil
 }
 
 // TargetFetcher fetches byte ranges of a release's files from their target URLs. It implements

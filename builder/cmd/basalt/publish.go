@@ -19,9 +19,20 @@ the UKI and the compressed root payload) to a channel of the repository:
   <channel>/<name>/<version>/<uki>            with channel, name and version, so a device picks its
   <channel>/<name>/<version>/<payload>        channel from the targets metadata alone)
 
-Each file's size and sha256 are checked against the manifest while it is copied. Then new targets,
-snapshot and timestamp metadata are signed and written, in that order; until timestamp.json is
-replaced devices see the previous state, so a failed publish changes nothing they see.
+Deltas in UPDATE-DIR/deltas/ are published with the version: for each source version FROM,
+deltas/FROM.json (the operation list) and deltas/FROM.zst (its data) described by deltas/FROM.ref.json
+(the delta reference: source version and root hash, the two files' sizes and sha256) become
+
+  <channel>/<name>/<version>/deltas/FROM.json and .zst
+
+and the reference is listed in the manifest target's custom field. A delta whose source version is
+not published in the channel, or whose source root hash is not that version's, is refused.
+
+Each file's size and sha256 are checked against the manifest (or the delta reference) while it is
+copied. Then new metadata is signed and written: the channel's delegated role (or the top-level
+targets, for a channel of an older repository; the top-level targets too when the channel is new),
+snapshot and timestamp, in that order; until timestamp.json is replaced devices see the previous
+state, so a failed publish changes nothing they see.
 
 It refuses a version already in the channel (published versions are immutable), a folder without
 a manifest or whose files do not match it, and an expired root. It needs the targets, snapshot and
@@ -43,7 +54,8 @@ timestamp private keys; a lock stops two publishers from interleaving.`,
 			for _, w := range res.Warnings {
 				log.Warn(w)
 			}
-			log.Info("published", "channel", res.Channel, "name", res.Name, "version", res.Version,
+			log.Info("published", "channel", res.Channel, "name", res.Name, "version", res.Version, "deltas", res.Deltas,
+				"role", res.Role, "roleVersion", res.RoleVersion,
 				"targets", res.TargetsVersion, "snapshot", res.SnapshotVersion, "timestamp", res.TimestampVersion)
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "published %s %s to %s\n", res.Name, res.Version, res.Channel)

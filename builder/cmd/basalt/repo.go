@@ -26,7 +26,8 @@ func newRepoCmd() *cobra.Command {
 		Short: "Create and maintain the TUF repository devices update from",
 		Long: `repo creates and maintains a TUF repository (go-tuf v2 metadata, consistent snapshots):
 
-  REPO/metadata/   N.root.json (every root version), N.targets.json, N.snapshot.json, timestamp.json
+  REPO/metadata/   N.root.json (every root version), N.targets.json, N.snapshot.json, timestamp.json,
+                   N.channel-<channel>.json (each channel's delegated targets role)
   REPO/targets/    <channel>/<name>/<version>/<sha256>.<file>
   REPO/staged/     a root waiting for signatures (never served)
 
@@ -36,10 +37,12 @@ the image config).
 
 Publishing an update: 'basalt publish'. Lifecycle: 'refresh' from cron, 'rotate' a role's key,
 'renew-root' before the root expires, 'sign-root' for each root key holder, 'prune' old versions,
-'verify' the whole repository as a device would.`,
+'verify' the whole repository as a device would, 'migrate' channels of an older repository into
+delegated roles.`,
 	}
 	cmd.AddCommand(newRepoInitCmd(), newRepoRefreshCmd(), newRepoRotateCmd(), newRepoRenewRootCmd(),
-		newRepoSignRootCmd(), newRepoPruneCmd(), newRepoVerifyCmd(), newRepoServeCmd(), newRepoStatusCmd())
+		newRepoSignRootCmd(), newRepoPruneCmd(), newRepoVerifyCmd(), newRepoServeCmd(), newRepoStatusCmd(),
+		newRepoMigrateCmd())
 	return cmd
 }
 
@@ -117,12 +120,18 @@ func (f *expiryFlags) expiry() (tufrepo.Expiry, error) {
 func newRepoInitCmd() *cobra.Command {
 	var f repoFlags
 	var ef expiryFlags
+	var layout string
 	cmd := &cobra.Command{
 		Use:   "init --repo REPO --keys KEYS",
 		Short: "Create a repository: root version 1, empty targets, snapshot, timestamp",
 		Long: `init creates a repository signed with the key folder's keys: root version 1 (the folder's root keys
 and threshold; the threshold's private root keys must be present), one key each for targets,
 snapshot and timestamp, consistent snapshots on, and no targets yet.
+
+Each channel's targets go into a delegated role of their own ("channel-<channel>", signed with the
+targets key), so the metadata a device downloads grows with its channel only. --layout top-level
+keeps every channel in the top-level targets instead, for fleets whose devices still run an updater
+that predates delegated roles (move channels later with 'basalt repo migrate').
 
 REPO/metadata/1.root.json is the root of trust to bake into images (trust.root in the image config).
 Lifetimes take days (90d) or Go durations (36h).`,
@@ -134,24 +143,27 @@ Lifetimes take days (90d) or Go durations (36h).`,
 			if err != nil {
 				return err
 			}
+			if err := tufrepo.ValidateLayout(layout); err != nil {
+				return usageError{fmt.Errorf("--layout: %w", err)}
+			}
 			o, err := f.options()
 			if err != nil {
 				return err
 			}
-			r, err := tufrepo.Init(f.repo, o, exp)
+			r, err := tufrepo.InitWith(f.repo, o, tufrepo.InitOptions{Expiry: exp, Layout: layout})
 			if err != nil {
 				return err
 			}
 			defer r.Close()
-			loggerFrom(cmd.Context()).Info("repository created", "repo", f.repo)
-			fmt.Fprintf(cmd.OutOrStdout(), "repository %s created\n  trusted root for images: %s\n",
-				f.repo, filepath.Join(f.repo, tufrepo.MetadataDir, tufrepo.FirstRootFile))
-			printExpiry(cmd.OutOrStdout(), r.Expires())
-			return nil
+			loggerFrom(cmd.Context()).Info("repository created", "repo", f.repo, "layout", layout)
+			fmt.Fprintf(cmd.OutOrStdout(), "repository %s created (%s layout)\n  trusted root for images: %s\n",
+				f.repo, layout, filepath.Join(f.repo, tufrepo.MetadataDir, tufrepo.FirstRootFile))
+			return printExpiry(cmd.OutOrStdout(), r)
 		},
 	}
 	f.add(cmd, true)
 	ef.add(cmd)
+	cmd.Flags().StringVar(&layout, "layout", tufrepo.LayoutDelegated, "where channels' targets go: delegated (a role per channel) or top-level (readable by updaters that predate delegated roles)")
 	return cmd
 }
 
@@ -162,7 +174,7 @@ func newRepoRefreshCmd() *cobra.Command {
 		Use:   "refresh --repo REPO --keys KEYS",
 		Short: "Re-sign the timestamp (and snapshot/targets when due) before they expire; for cron",
 		Long: `refresh re-signs timestamp.json every time, and the snapshot and targets metadata when less than
-half their lifetime is left (or with --force). Run it from cron more often than the timestamp
+half their lifetime is left (or with --force), each channel's delegated role likewise. Run it from cron more often than the timestamp
 lifetime. With only the timestamp key present it re-signs the timestamp and warns about the rest.
 A staged root whose signatures are complete is published first.`,
 		Example: `  basalt repo refresh --repo repo --keys keys
@@ -195,8 +207,15 @@ A staged root whose signatures are complete is published first.`,
 					fmt.Fprintf(out, "%s re-signed: version %d\n", p.role, p.v)
 				}
 			}
-			printExpiry(out, r.Expires())
-			return nil
+			roles := make([]string, 0, len(res.Roles))
+			for role := range res.Roles {
+				roles = append(roles, role)
+			}
+			sort.Strings(roles)
+			for _, role := range roles {
+				fmt.Fprintf(out, "%s re-signed: version %d\n", role, res.Roles[role])
+			}
+			return printExpiry(out, r)
 		},
 	}
 	f.add(cmd, true)
@@ -318,8 +337,9 @@ func newRepoPruneCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "prune --repo REPO --keys KEYS --keep N",
 		Short: "Keep the newest N versions per channel; delete the rest and unreferenced files",
-		Long: `prune keeps the newest N versions of every channel (and OS name), removes the others from the
-targets metadata (re-signing targets, snapshot and timestamp), then deletes target files nothing
+		Long: `prune keeps the newest N versions of every channel (and OS name), removes the others and their
+deltas from the metadata (re-signing the channels' roles or the top-level targets, snapshot and
+timestamp), then deletes target files nothing
 refers to (also leftovers of failed publishes) and targets/snapshot metadata older than the previous
 version. Root versions are never deleted. Pruning keeps the targets metadata - which every device
 downloads on every check - small.`,
@@ -360,8 +380,10 @@ func newRepoVerifyCmd() *cobra.Command {
 		Long: `verify does what a device does, with go-tuf's own client: starting from a trusted root (by default
 REPO/metadata/1.root.json) it walks every root version, then timestamp, snapshot and targets, and
 downloads every target, checking length and hashes. It also checks Basalt's conventions: each
-manifest parses, equals the manifest in its target's custom field, and the UKI and payload it names
-are targets with the manifest's sizes and sha256. Targets are held in memory one at a time.
+manifest parses, equals the manifest in its target's custom field, and the UKI, payload and deltas'
+files it names are targets with the sizes and sha256 of the manifest and its delta references.
+Channels in delegated roles are read through the delegations, as a device of each channel would.
+Targets are held in memory one at a time.
 
 --at checks validity at another time: '--at +12h' fails if anything expires within 12 hours
 (a good monitoring check).`,
@@ -393,9 +415,9 @@ are targets with the manifest's sizes and sha256. Targets are held in memory one
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "ok: root %d, timestamp %d, snapshot %d, targets %d; %d targets (%d bytes) verified\n",
-				rep.Root, rep.Timestamp, rep.Snapshot, rep.Targets, rep.Files, rep.Bytes)
-			printExpiry(out, rep.Expires)
+			fmt.Fprintf(out, "ok: root %d, timestamp %d, snapshot %d, targets %d, %d channel roles; %d targets (%d bytes) verified\n",
+				rep.Root, rep.Timestamp, rep.Snapshot, rep.Targets, len(rep.Roles), rep.Files, rep.Bytes)
+			printExpiryMap(out, rep.Expires)
 			printVersions(out, rep.Versions)
 			return nil
 		},
@@ -485,14 +507,20 @@ func newRepoStatusCmd() *cobra.Command {
 			defer r.Close()
 			out := cmd.OutOrStdout()
 			ro, t, s, ts := r.MetadataVersions()
-			fmt.Fprintf(out, "root %d, targets %d, snapshot %d, timestamp %d\n", ro, t, s, ts)
-			printExpiry(out, r.Expires())
+			fmt.Fprintf(out, "root %d, targets %d, snapshot %d, timestamp %d; layout for new channels: %s\n", ro, t, s, ts, r.Layout())
+			if err := printExpiry(out, r); err != nil {
+				return err
+			}
 			if st, err := r.StagedRoot(); err == nil {
 				fmt.Fprintln(out, st)
 			} else if !errors.Is(err, tufrepo.ErrNoStagedRoot) {
 				return err
 			}
-			printVersions(out, r.List())
+			vs, err := r.List()
+			if err != nil {
+				return err
+			}
+			printVersions(out, vs)
 			return nil
 		},
 	}
@@ -505,7 +533,16 @@ func printRootStatus(cmd *cobra.Command, st *tufrepo.RootStatus) error {
 	return err
 }
 
-func printExpiry(w io.Writer, exp map[string]time.Time) {
+func printExpiry(w io.Writer, r *tufrepo.Repo) error {
+	exp, err := r.Expires()
+	if err != nil {
+		return err
+	}
+	printExpiryMap(w, exp)
+	return nil
+}
+
+func printExpiryMap(w io.Writer, exp map[string]time.Time) {
 	roles := make([]string, 0, len(exp))
 	for r := range exp {
 		roles = append(roles, r)
@@ -520,4 +557,57 @@ func printVersions(w io.Writer, vs []tufrepo.Version) {
 	for _, v := range vs {
 		fmt.Fprintf(w, "  %-10s %s %s\n", v.Channel, v.Name, v.Version)
 	}
+}
+
+func newRepoMigrateCmd() *cobra.Command {
+	var f repoFlags
+	var channels []string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "migrate --repo REPO --keys KEYS (--channel CHANNEL... | --all)",
+		Short: "Move channels from the top-level targets into delegated roles (older repositories)",
+		Long: `migrate moves channels of a repository made before delegated roles existed (or with
+'repo init --layout top-level') out of the top-level targets metadata into a delegated role each
+("channel-<channel>", signed with the targets key): the same target paths, files and custom fields,
+in one new targets, snapshot and timestamp. Afterwards the metadata a device downloads grows with
+its own channel only, and a publish re-signs one channel's role.
+
+Devices whose basalt-updater predates delegated roles read the top-level targets only: after the
+move they no longer see the channel's versions (they are not harmed; they just find no update).
+So first roll out, through the channel as it is, an updater that reads delegated roles to every
+device of the channel; then migrate it. --all moves every channel and makes channels published for
+the first time delegated too; without it new channels stay in the top-level targets.
+
+The repository's settings file records a layout afterwards: older basalt versions refuse to open it.`,
+		Example: `  basalt repo migrate --repo repo --keys keys --channel beta
+  basalt repo migrate --repo repo --keys keys --all`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(channels) == 0 && !all {
+				return usageError{errors.New("give --channel (repeatable) or --all")}
+			}
+			r, err := f.open()
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			res, err := r.Migrate(tufrepo.MigrateOptions{Channels: channels, All: all})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for _, c := range res.Channels {
+				fmt.Fprintf(out, "channel %s moved to role %s\n", c, tufrepo.ChannelRole(c))
+			}
+			if res.TargetsVersion != 0 {
+				fmt.Fprintf(out, "targets version %d\n", res.TargetsVersion)
+			}
+			fmt.Fprintf(out, "new channels: %s\n", res.Layout)
+			return nil
+		},
+	}
+	f.add(cmd, true)
+	cmd.Flags().StringSliceVar(&channels, "channel", nil, "channel to move into its delegated role (repeatable)")
+	cmd.Flags().BoolVar(&all, "all", false, "move every channel, and put new channels in delegated roles too")
+	return cmd
 }
